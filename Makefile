@@ -1,0 +1,45 @@
+# make demo / make test work as the very first command on a fresh Debian/Ubuntu machine: they install what is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# System packages that ffcv's build needs (it ships as an sdist only).
+APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO_DIR ?= demo_output
+
+.PHONY: install system-deps test demo lint format clean
+
+install: $(STAMP)
+
+system-deps:
+	@if pkg-config --exists libturbojpeg opencv4 2>/dev/null; then \
+		echo "system packages for ffcv: present"; \
+	else \
+		echo "installing system packages for ffcv: $(APT_PACKAGES)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+test: install
+	$(BIN)/pytest -q
+
+demo: install
+	bash scripts/demo.sh $(DEMO_DIR)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,61 @@
+"""``resnet-ffcv``: LightningCLI's fit / validate / test / predict, plus the steps around training.
+
+    resnet-ffcv fit --config configs/p4d_78pct.yaml [--model.lr 0.6 --trainer.max_epochs 90 ...]
+    resnet-ffcv write-dataset --config configs/write_imagenet.yaml [--source_dir ... --output_dir ...]
+
+Every argument is settable in YAML and overridable on the command line; ``--print_config`` shows the result.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from jsonargparse import auto_cli
+from lightning.pytorch.cli import LightningCLI
+
+from resnet_ffcv.data import FFCVDataModule
+from resnet_ffcv.model import ImageClassifier
+
+
+class ResNetCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # The class count comes from the data (classes.json), never typed twice.
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+
+def write_dataset_command(argv: list[str]) -> None:
+    from resnet_ffcv.writer import write_dataset
+
+    auto_cli(write_dataset, args=argv, as_positional=False, prog="resnet-ffcv write-dataset")
+
+
+def make_synthetic_command(argv: list[str]) -> None:
+    from resnet_ffcv.synthetic import make_synthetic_imagefolder
+
+    auto_cli(make_synthetic_imagefolder, args=argv, as_positional=False, prog="resnet-ffcv make-synthetic")
+
+
+# Subcommands that are not Trainer methods: each is a function whose signature is its interface.
+TOOLS: dict[str, Callable[[list[str]], None]] = {
+    "write-dataset": write_dataset_command,
+    "make-synthetic": make_synthetic_command,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:
+        TOOLS[argv[0]](argv[1:])
+        return
+    ResNetCLI(
+        ImageClassifier,
+        FFCVDataModule,
+        # A spot restart reruns the same command into the same log directory.
+        save_config_kwargs={"overwrite": True},
+        args=argv,
+    )
+
+
+if __name__ == "__main__":
+    main()
