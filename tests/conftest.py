@@ -1,0 +1,47 @@
+"""Shared fixtures: real JPEG files written here, real .ffcv files written by our own writer, once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resnet_ffcv.synthetic import make_synthetic_imagefolder
+from resnet_ffcv.writer import write_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+# W&B never touches the network or waits on a prompt in tests.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """10 classes of shapes, 8 train and 4 val JPEGs per class, 64-400 px."""
+    return make_synthetic_imagefolder(tmp_path_factory.mktemp("images"), train_per_class=8, val_per_class=4)
+
+
+@pytest.fixture(scope="session")
+def ffcv_dir(image_folder, tmp_path_factory) -> Path:
+    """train.ffcv (80 images), val.ffcv (40 images) and classes.json from ``image_folder``."""
+    out = tmp_path_factory.mktemp("ffcv")
+    write_dataset(image_folder, out, preset="rn18", num_workers=2)
+    return out
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None):
+    """``resnet-ffcv ARGS`` in a subprocess, as a user runs it; returns the CompletedProcess (text output)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "resnet_ffcv.cli", *args],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
