@@ -6,7 +6,6 @@ STAMP  := $(VENV)/.installed
 # System packages that ffcv's build needs (it ships as an sdist only).
 APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEMO_DIR ?= demo_output
 
 .PHONY: install system-deps test demo lint format clean
 
@@ -31,7 +30,7 @@ test: install
 	$(BIN)/pytest -q
 
 demo: install
-	bash scripts/demo.sh $(DEMO_DIR)
+	bash scripts/demo.sh
 
 lint: install
 	$(BIN)/ruff check .
@@ -42,4 +41,4 @@ format: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache
+	rm -rf demo_output .pytest_cache

@@ -93,7 +93,9 @@ class FFCVDataModule(L.LightningDataModule):
         needed = [self.train_path, self.val_path] if stage == "fit" else [self.val_path]
         for path in needed:
             if not path.is_file():
-                raise FileNotFoundError(f"{path}: missing .ffcv file (check data.data_dir / data.train_file / data.val_file)")
+                raise FileNotFoundError(
+                    f"{path}: missing .ffcv file (check data.data_dir / data.train_file / data.val_file)"
+                )
 
     # -- the surface callbacks use -------------------------------------------------------------------------------
     def set_train_resolution(self, resolution: int) -> None:

@@ -65,8 +65,9 @@ def list_samples(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
     samples = []
     for label, name in enumerate(classes):
         class_dir = split_dir / name
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if class_dir.is_dir() else []
-        samples.extend((str(path), label) for path in files)
+        if class_dir.is_dir():
+            files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            samples.extend((str(path), label) for path in files)
     return samples
 
 
@@ -133,7 +134,8 @@ def write_dataset(
         if other != classes:
             extra, missing = sorted(set(other) - set(classes)), sorted(set(classes) - set(other))
             raise ValueError(
-                f"{source_dir / split}: class folders differ from {splits[0]}: extra {extra[:10]}, missing {missing[:10]}"
+                f"{source_dir / split}: class folders differ from {splits[0]}: "
+                f"extra {extra[:10]}, missing {missing[:10]}"
             )
     outputs = {split: output_dir / f"{split}.ffcv" for split in splits}
     existing = [str(path) for path in outputs.values() if path.exists()]

@@ -1,0 +1,109 @@
+"""The walking skeleton's path: JPEGs -> our writer -> FFCV loader -> `resnet-ffcv fit` -> checkpoint -> validate."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_ffcv.cli import main
+from resnet_ffcv.writer import CLASSES_FILE, load_classes
+
+from .conftest import CONFIGS, run_cli
+
+DEMO = str(CONFIGS / "demo_cpu.yaml")
+TINY = [
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=2",
+    "--trainer.limit_val_batches=2",
+    "--trainer.enable_progress_bar=false",
+    "--data.batch_size=8",
+    "--data.num_workers=1",
+    "--data.train_resolution=32",
+    "--data.val_resolution=32",
+]
+
+
+def files_by_split(image_folder: Path, split: str) -> list[tuple[Path, str]]:
+    return [(p, p.parent.name) for p in sorted((image_folder / split).glob("*/*.JPEG"))]
+
+
+def test_writer_round_trip(image_folder, ffcv_dir):
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.reader import Reader
+    from ffcv.transforms import ToTensor
+
+    classes = load_classes(ffcv_dir / CLASSES_FILE)
+    assert classes == sorted(p.name for p in (image_folder / "train").iterdir())
+    assert classes == sorted(p.name for p in (image_folder / "val").iterdir())
+
+    for split in ("train", "val"):
+        files = files_by_split(image_folder, split)
+        path = str(ffcv_dir / f"{split}.ffcv")
+        # Stored sizes are the originals (all <= the rn18 preset's 400 px), in the writer's file order.
+        metadata = Reader(path).metadata["f0"]
+        sizes = [Image.open(p).size for p, _ in files]
+        assert len(metadata) == len(files)
+        assert [(int(w), int(h)) for h, w in zip(metadata["height"], metadata["width"], strict=True)] == sizes
+
+        loader = Loader(
+            path,
+            batch_size=16,
+            num_workers=1,
+            order=OrderOption.SEQUENTIAL,
+            drop_last=False,  # FFCV's default is True
+            pipelines={
+                "image": [CenterCropRGBImageDecoder((32, 32), ratio=1.0), ToTensor()],
+                "label": [IntDecoder(), ToTensor()],
+            },
+        )
+        images, labels = zip(*loader, strict=True)
+        images, labels = np.concatenate(images), np.concatenate(labels).ravel()
+        assert images.shape == (len(files), 32, 32, 3) and images.dtype == np.uint8
+        assert labels.tolist() == [classes.index(name) for _, name in files]
+
+
+def test_fit_then_validate_through_the_cli(ffcv_dir, tmp_path):
+    fit = run_cli("fit", "--config", DEMO, f"--data.data_dir={ffcv_dir}", *TINY, cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    checkpoint = tmp_path / "demo_output" / "checkpoints" / "best_model.ckpt"
+    assert checkpoint.is_file()
+    assert list((tmp_path / "demo_output" / "logs" / "wandb").glob("offline-run-*")), "no W&B offline run"
+
+    validate = run_cli(
+        "validate", "--config", DEMO, f"--data.data_dir={ffcv_dir}", f"--ckpt_path={checkpoint}", *TINY, cwd=tmp_path
+    )
+    assert validate.returncode == 0, validate.stderr[-3000:]
+    assert "val/acc1" in validate.stdout
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_print_config_of_every_config(config, capsys):
+    command = "write-dataset" if config.name.startswith("write_") else "fit"
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert capsys.readouterr().out.strip(), f"{config.name}: --print_config printed nothing"
+
+
+def test_config_key_typo_is_named(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", DEMO, "--model.lrr=0.1", "--print_config"])
+    assert exit_info.value.code != 0
+    assert "lrr" in capsys.readouterr().err
+
+
+def test_missing_data_is_named(ffcv_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere" / CLASSES_FILE)):
+        main(["fit", "--config", DEMO, f"--data.data_dir={tmp_path / 'nowhere'}", *TINY])
+
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(ffcv_dir / CLASSES_FILE, partial)
+    shutil.copy(ffcv_dir / "train.ffcv", partial)
+    with pytest.raises(FileNotFoundError, match=str(partial / "val.ffcv")):
+        main(["fit", "--config", DEMO, f"--data.data_dir={partial}", "--trainer.logger=false", *TINY])
