@@ -34,9 +34,13 @@ def ffcv_dir(image_folder, tmp_path_factory) -> Path:
     return out
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None):
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None, unset: tuple[str, ...] = ()
+):
     """``resnet-ffcv ARGS`` in a subprocess, as a user runs it; returns the CompletedProcess (text output)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    for name in unset:
+        full_env.pop(name, None)
     return subprocess.run(
         [sys.executable, "-m", "resnet_ffcv.cli", *args],
         cwd=cwd or REPO,
@@ -44,4 +48,5 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
         capture_output=True,
         text=True,
         timeout=timeout,
+        stdin=subprocess.DEVNULL,  # nothing may wait on a prompt
     )

@@ -68,8 +68,20 @@ def test_writer_round_trip(image_folder, ffcv_dir):
 
 
 def test_fit_then_validate_through_the_cli(ffcv_dir, tmp_path):
-    fit = run_cli("fit", "--config", DEMO, f"--data.data_dir={ffcv_dir}", *TINY, cwd=tmp_path)
+    # W&B asked to go online with no credentials anywhere: it must fall back to offline, not prompt.
+    fit = run_cli(
+        "fit",
+        "--config",
+        DEMO,
+        f"--data.data_dir={ffcv_dir}",
+        "--trainer.logger.init_args.offline=false",
+        *TINY,
+        cwd=tmp_path,
+        env={"HOME": str(tmp_path)},
+        unset=("WANDB_MODE", "WANDB_API_KEY"),
+    )
     assert fit.returncode == 0, fit.stderr[-3000:]
+    assert "logging offline" in fit.stderr and "wandb sync" in fit.stderr
     checkpoint = tmp_path / "demo_output" / "checkpoints" / "best_model.ckpt"
     assert checkpoint.is_file()
     assert list((tmp_path / "demo_output" / "logs" / "wandb").glob("offline-run-*")), "no W&B offline run"

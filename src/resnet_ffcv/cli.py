@@ -9,6 +9,7 @@ Every argument is settable in YAML and overridable on the command line; ``--prin
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 
 from jsonargparse import auto_cli
@@ -16,12 +17,38 @@ from lightning.pytorch.cli import LightningCLI
 
 from resnet_ffcv.data import FFCVDataModule
 from resnet_ffcv.model import ImageClassifier
+from resnet_ffcv.wandb_setup import fall_back_to_offline_without_credentials
 
 
 class ResNetCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The class count comes from the data (classes.json), never typed twice.
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        logger = self.config[self.subcommand].trainer.logger if self.subcommand else None
+        if hasattr(logger, "get") and "Wandb" in str(logger.get("class_path")):
+            fall_back_to_offline_without_credentials(logger.get("init_args"))
+
+
+class _ParseOnlyCLI(ResNetCLI):
+    """Parses a fit configuration (files and overrides) exactly as ``fit`` does, and instantiates nothing."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def parse_config_only(argv: list[str]):
+    """The configuration ``resnet-ffcv fit ARGV`` would run with, without building model, data or Trainer."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # argv is not sys.argv here
+        return _ParseOnlyCLI(ImageClassifier, FFCVDataModule, run=False, args=argv, save_config_callback=None).config
+
+
+def doctor_command(argv: list[str]) -> None:
+    from resnet_ffcv.doctor import doctor
+
+    sys.exit(doctor(argv))
 
 
 def write_dataset_command(argv: list[str]) -> None:
@@ -40,6 +67,7 @@ def make_synthetic_command(argv: list[str]) -> None:
 TOOLS: dict[str, Callable[[list[str]], None]] = {
     "write-dataset": write_dataset_command,
     "make-synthetic": make_synthetic_command,
+    "doctor": doctor_command,
 }
 
 

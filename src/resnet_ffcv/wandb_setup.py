@@ -1,0 +1,38 @@
+"""W&B without surprises: no credentials means offline with one warning line, never a login prompt."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+
+def wandb_credentials() -> str | None:
+    """Where W&B would find an API key (the same places ``wandb login`` writes), or None."""
+    if os.environ.get("WANDB_API_KEY"):
+        return "WANDB_API_KEY"
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return str(netrc)
+    return None
+
+
+def wandb_mode(logger_init_args) -> str:
+    """``online``, ``offline`` or ``disabled`` as the run would see it (the env var wins, as in wandb itself)."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return "offline" if mode == "dryrun" else mode
+    return "offline" if logger_init_args is not None and logger_init_args.get("offline") else "online"
+
+
+def fall_back_to_offline_without_credentials(logger_init_args) -> None:
+    """Switch W&B to offline mode (one warning, with the sync command) when it would otherwise prompt."""
+    if wandb_mode(logger_init_args) != "online" or wandb_credentials():
+        return
+    os.environ["WANDB_MODE"] = "offline"
+    save_dir = (logger_init_args.get("save_dir") if logger_init_args is not None else None) or "."
+    warnings.warn(
+        f"W&B: no API key (WANDB_API_KEY or ~/.netrc), logging offline; upload later with "
+        f"`wandb sync {save_dir}/wandb/offline-run-*`",
+        stacklevel=2,
+    )

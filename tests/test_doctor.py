@@ -1,0 +1,44 @@
+"""``resnet-ffcv doctor``: preflight lines on this machine (no GPU here: that line must fail)."""
+
+from __future__ import annotations
+
+import pytest
+
+from resnet_ffcv.cli import main
+from resnet_ffcv.doctor import check_free_disk, checkpoint_dir_from
+
+from .conftest import CONFIGS
+
+DEMO = str(CONFIGS / "demo_cpu.yaml")
+
+
+def run_doctor(capsys, *args: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["doctor", "--config", DEMO, *args])
+    return exit_info.value.code, capsys.readouterr().out
+
+
+def test_missing_gpus_and_data_fail(capsys, tmp_path):
+    code, out = run_doctor(
+        capsys, "--trainer.accelerator=gpu", "--trainer.devices=8", f"--data.data_dir={tmp_path / 'nodata'}"
+    )
+    assert code == 1
+    assert "[FAIL] GPUs: config wants 8 per node x 1 node(s); this machine has 0" in out
+    assert f"[FAIL] data train.ffcv: {tmp_path / 'nodata' / 'train.ffcv'} is missing" in out
+    assert "[PASS] shared memory" in out
+
+
+def test_cpu_config_with_data_passes(capsys, ffcv_dir):
+    code, out = run_doctor(capsys, f"--data.data_dir={ffcv_dir}")
+    assert "[PASS] data train.ffcv" in out and "[PASS] data val.ffcv" in out
+    assert "[PASS] W&B: offline mode" in out
+    assert code == 0, out
+
+
+def test_checkpoint_dir_and_free_space(tmp_path):
+    callbacks = [{"class_path": "X", "init_args": {"dirpath": str(tmp_path / "ckpt")}}]
+    assert checkpoint_dir_from(callbacks) == tmp_path / "ckpt"
+    assert checkpoint_dir_from([]) is None
+    assert not check_free_disk(None).ok
+    check = check_free_disk(tmp_path / "not" / "yet" / "made")  # measured on the nearest existing parent
+    assert "GB free" in check.detail
