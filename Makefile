@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# System packages that ffcv's build needs (it ships as an sdist only).
-APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config
+# System packages: what ffcv's build needs (it ships as an sdist only), and tmux for the monitoring layout.
+APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config tmux
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install system-deps test demo lint format clean
@@ -12,10 +12,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 install: $(STAMP)
 
 system-deps:
-	@if pkg-config --exists libturbojpeg opencv4 2>/dev/null; then \
-		echo "system packages for ffcv: present"; \
+	@if pkg-config --exists libturbojpeg opencv4 2>/dev/null && command -v tmux >/dev/null; then \
+		echo "system packages: present"; \
 	else \
-		echo "installing system packages for ffcv: $(APT_PACKAGES)"; \
+		echo "installing system packages: $(APT_PACKAGES)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
 	fi
 
