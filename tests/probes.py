@@ -1,0 +1,35 @@
+"""Callbacks that tests add through the real CLI (``--trainer.callbacks+=tests.probes.X``) to observe a run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import lightning as L
+
+
+class ParameterDigest(L.Callback):
+    """Writes, per global rank, a digest of the trained parameters plus what the rank saw of the cluster."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = Path(out_dir)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        digest = hashlib.sha256()
+        for name, parameter in sorted(pl_module.named_parameters()):
+            digest.update(name.encode())
+            digest.update(parameter.detach().cpu().contiguous().numpy().tobytes())
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        report = {
+            "digest": digest.hexdigest(),
+            "global_rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "num_nodes": trainer.num_nodes,
+            "node_rank": trainer.node_rank,
+            "global_step": trainer.global_step,
+            "cluster": type(trainer.strategy.cluster_environment).__name__,
+            "train_batches": trainer.num_training_batches,
+            "ffcv_distributed": getattr(trainer.train_dataloader, "distributed", None),
+        }
+        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
