@@ -1,0 +1,56 @@
+"""CostMonitor: elapsed time and dollars logged during a real CPU fit, and carried across a resume."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from resnet_ffcv.callbacks.cost import CostMonitor
+from resnet_ffcv.data import FFCVDataModule
+from resnet_ffcv.model import ImageClassifier
+
+
+def tiny_fit(ffcv_dir, tmp_path, monitor: CostMonitor, max_epochs: int, ckpt_path=None) -> L.Trainer:
+    data = FFCVDataModule(data_dir=str(ffcv_dir), batch_size=8, num_workers=1, train_resolution=32, val_resolution=32)
+    model = ImageClassifier(arch="resnet18", num_classes=data.num_classes, lr=0.01, warmup_epochs=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=max_epochs,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        log_every_n_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[monitor],
+    )
+    trainer.fit(model, data, ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_cost_is_logged_and_survives_a_resume(ffcv_dir, tmp_path):
+    monitor = CostMonitor(price_per_hour=3600.0, log_every_n_steps=1)  # 1 USD per second: easy to check
+    trainer = tiny_fit(ffcv_dir, tmp_path, monitor, max_epochs=1)
+    metrics = trainer.callback_metrics
+    for key in ("cost/usd", "cost/elapsed_hours", "time/epoch_seconds", "images_per_sec"):
+        assert key in metrics, f"{key} not logged"
+    assert metrics["cost/usd"].item() == pytest.approx(metrics["cost/elapsed_hours"].item() * 3600.0, rel=1e-3)
+    assert metrics["images_per_sec"].item() > 0
+
+    checkpoint = tmp_path / "one_epoch.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    saved = torch.load(checkpoint, weights_only=False)["callbacks"]
+    seconds_at_save = next(state["elapsed_seconds"] for key, state in saved.items() if "CostMonitor" in key)
+    assert seconds_at_save > 0
+
+    resumed = CostMonitor(price_per_hour=3600.0, log_every_n_steps=1)
+    tiny_fit(ffcv_dir, tmp_path, resumed, max_epochs=2, ckpt_path=checkpoint)
+    assert resumed.seconds_before_this_process == pytest.approx(seconds_at_save)
+    assert resumed.elapsed_seconds() > seconds_at_save
+
+
+def test_negative_price_is_refused():
+    with pytest.raises(ValueError, match="price_per_hour=-1"):
+        CostMonitor(price_per_hour=-1)
