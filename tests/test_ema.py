@@ -1,0 +1,55 @@
+"""EMA update math, BatchNorm buffers, and its place outside the optimizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from resnet_ffcv.ema import EMA
+
+
+def small_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+
+
+def test_ema_update_math_and_buffers():
+    torch.manual_seed(0)
+    net = small_net()
+    net(torch.randn(2, 3, 6, 6))  # materialise the lazy layer
+    ema = EMA(net, decay=0.9)
+    ema.update_parameters(net)  # first update copies
+    for p_ema, p in zip(ema.module.parameters(), net.parameters(), strict=True):
+        torch.testing.assert_close(p_ema, p)
+
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    net.train()
+    net(torch.randn(4, 3, 6, 6) * 3 + 2)  # moves the BN running stats and num_batches_tracked
+    ema.update_parameters(net)
+
+    model_state = net.state_dict()
+    for key, value in ema.module.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.9 * before[key] + 0.1 * model_state[key])
+        else:  # integer buffers are copied, not blended and truncated
+            assert torch.equal(value, model_state[key]), key
+    assert model_state["1.num_batches_tracked"].item() == 2
+    assert ema.num_updates == 2
+
+
+def test_ema_is_frozen_and_kept_out_of_the_optimizer():
+    from resnet_ffcv.model import ImageClassifier
+
+    model = ImageClassifier(arch="resnet18", num_classes=3, use_ema=True, blurpool=False)
+    assert not any(p.requires_grad for p in model.ema.parameters())
+    optimizer_params = {id(p) for group in model.configure_optimizers().param_groups for p in group["params"]}
+    assert optimizer_params == {id(p) for p in model.network.parameters()}
+    assert any(key.startswith("ema.module.") for key in model.state_dict())
+
+
+def test_bad_decay_is_named():
+    with pytest.raises(ValueError, match="model.ema_decay=1.0"):
+        EMA(small_net(), decay=1.0)
