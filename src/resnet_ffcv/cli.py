@@ -51,6 +51,18 @@ def doctor_command(argv: list[str]) -> None:
     sys.exit(doctor(argv))
 
 
+def export_command(argv: list[str]) -> None:
+    from resnet_ffcv.export import export
+
+    auto_cli(export, args=argv, as_positional=False, prog="resnet-ffcv export")
+
+
+def plan_command(argv: list[str]) -> None:
+    from resnet_ffcv.plan import plan_command as run_plan
+
+    run_plan(argv)
+
+
 def write_dataset_command(argv: list[str]) -> None:
     from resnet_ffcv.writer import write_dataset
 
@@ -68,6 +80,8 @@ TOOLS: dict[str, Callable[[list[str]], None]] = {
     "write-dataset": write_dataset_command,
     "make-synthetic": make_synthetic_command,
     "doctor": doctor_command,
+    "export": export_command,
+    "plan": plan_command,
 }
 
 

@@ -1,0 +1,101 @@
+"""``resnet-ffcv export``: a training checkpoint -> weights anyone can load without this project.
+
+``state_dict`` (default): a plain torchvision state_dict, so ``torchvision.models.resnet50(num_classes=N)
+.load_state_dict(torch.load(path))`` works. BlurPool (FFCV's recipe) is not part of torchvision's ResNet: such a
+checkpoint is refused unless ``blurpool="drop"``, which removes the blur in front of each strided convolution
+and keeps the convolution weights; the network then computes something else and loses accuracy (validate it
+before use). ``torchscript`` keeps the exact network, BlurPool included.
+
+Both take what torchvision models take: float NCHW images normalized with the ImageNet mean and std (the
+LightningModule does that normalization itself on uint8 input; the exported network does not).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+BLUR_SUFFIX = ".blur_filter"
+
+
+def network_state_dict(checkpoint: dict, weights: Literal["ema", "raw"] = "ema") -> tuple[dict, str]:
+    """The network's state_dict from a Lightning checkpoint, and which weights it is (EMA if present)."""
+    state = checkpoint["state_dict"]
+    has_ema = any(key.startswith("ema.module.") for key in state)
+    prefix = "ema.module." if weights == "ema" and has_ema else "network."
+    used = "ema" if prefix == "ema.module." else "raw" + (" (the checkpoint has no EMA weights)" * (weights == "ema"))
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}, used
+
+
+def drop_blurpool(state: dict) -> dict:
+    """``X.blur_filter`` removed and ``X.conv.<param>`` renamed ``X.<param>``: torchvision's plain layout."""
+    wrapped = {key[: -len(BLUR_SUFFIX)] for key in state if key.endswith(BLUR_SUFFIX)}
+    plain = {}
+    for key, value in state.items():
+        if key.endswith(BLUR_SUFFIX):
+            continue
+        owner, _, name = key.rpartition(".conv.")
+        plain[f"{owner}.{name}" if owner in wrapped and "." not in name else key] = value
+    return plain
+
+
+def _atomic_save(save, output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    try:
+        save(tmp)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export(
+    ckpt_path: str,
+    output: str,
+    weights: Literal["ema", "raw"] = "ema",
+    format: Literal["state_dict", "torchscript"] = "state_dict",
+    blurpool: Literal["refuse", "drop"] = "refuse",
+) -> Path:
+    """Write the network of ``ckpt_path`` to ``output``.
+
+    Args:
+        ckpt_path: a checkpoint written by ``resnet-ffcv fit``.
+        output: the file to write (written atomically).
+        weights: ``ema`` (the EMA copy, when the run kept one) or ``raw``.
+        format: ``state_dict`` (torchvision-loadable) or ``torchscript`` (exact network, BlurPool included).
+        blurpool: for ``state_dict`` from a BlurPool network: ``refuse``, or ``drop`` the blur (changes outputs).
+    """
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    hparams = checkpoint.get("hyper_parameters", {})
+    state, used = network_state_dict(checkpoint, weights)
+    has_blur = any(key.endswith(BLUR_SUFFIX) for key in state)
+    output_path = Path(output)
+    if format == "state_dict":
+        if has_blur and blurpool == "refuse":
+            raise ValueError(
+                f"{ckpt_path}: the network uses BlurPool, which torchvision's {hparams.get('arch', 'model')} "
+                "lacks. Use --format torchscript for the exact network, or --blurpool drop to export the "
+                "convolution weights without the blur (outputs change: validate before use)."
+            )
+        plain = drop_blurpool(state) if has_blur else state
+        _atomic_save(lambda path: torch.save(plain, path), output_path)
+    elif format == "torchscript":
+        from resnet_ffcv.networks import build_network
+
+        network = build_network(
+            hparams.get("arch", "resnet50"),
+            hparams.get("num_classes", 1000),
+            blurpool=has_blur,
+            channels_last=False,
+        )
+        network.load_state_dict(state)
+        scripted = torch.jit.script(network.eval())
+        _atomic_save(lambda path: scripted.save(str(path)), output_path)
+    else:
+        raise ValueError(f"format={format!r}: expected state_dict or torchscript")
+    note = ", BlurPool dropped" if has_blur and format == "state_dict" else ""
+    print(f"exported {hparams.get('arch', '?')} ({used} weights{note}) as {format} -> {output_path}")
+    return output_path
