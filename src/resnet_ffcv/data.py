@@ -93,9 +93,7 @@ class FFCVDataModule(L.LightningDataModule):
         needed = [self.train_path, self.val_path] if stage == "fit" else [self.val_path]
         for path in needed:
             if not path.is_file():
-                raise FileNotFoundError(
-                    f"{path}: missing .ffcv file (check data.data_dir / data.train_file / data.val_file)"
-                )
+                raise FileNotFoundError(f"{path}: missing .ffcv file (check data.data_dir / data.train_file / data.val_file)")
 
     # -- the surface callbacks use -------------------------------------------------------------------------------
     def set_train_resolution(self, resolution: int) -> None:
@@ -149,12 +147,7 @@ class FFCVDataModule(L.LightningDataModule):
             ratio=tuple(self.hparams.ratio),
         )
         loader = self._loader(
-            self.train_path,
-            self._train_decoder,
-            self.hparams.batch_size,
-            order,
-            self.hparams.drop_last,
-            augment=True,
+            self.train_path, self._train_decoder, self.hparams.batch_size, order, self.hparams.drop_last, augment=True
         )
         if self.trainer is not None:
             # FFCV's shuffle counter starts at 0 in every process; follow the trainer so a resume keeps the order.
@@ -168,9 +161,7 @@ class FFCVDataModule(L.LightningDataModule):
         resolution = self.hparams.val_resolution
         decoder = CenterCropRGBImageDecoder((resolution, resolution), ratio=self.hparams.val_crop_ratio)
         batch_size = self.hparams.val_batch_size or self.hparams.batch_size
-        return self._loader(
-            self.val_path, decoder, batch_size, OrderOption.SEQUENTIAL, drop_last=False, augment=False
-        )
+        return self._loader(self.val_path, decoder, batch_size, OrderOption.SEQUENTIAL, drop_last=False, augment=False)
 
     def test_dataloader(self):
         return self.val_dataloader()

@@ -19,9 +19,7 @@ def build_network(arch: str, num_classes: int) -> torch.nn.Module:
     """Any torchvision classification model by name, randomly initialised (nothing is downloaded)."""
     available = torchvision.models.list_models(module=torchvision.models)
     if arch not in available:
-        raise ValueError(
-            f"model.arch={arch!r}: not a torchvision classification model (e.g. resnet50, resnet18)"
-        )
+        raise ValueError(f"model.arch={arch!r}: not a torchvision classification model (e.g. resnet50, resnet18)")
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
