@@ -112,7 +112,7 @@ def _sha256(data: str) -> str:
 # -- size estimate -------------------------------------------------------------------------------------------------
 def estimate_bytes(source, preset: Preset, samples: int, num_workers: int, seed: int = 0) -> int:
     """Expected ``.ffcv`` size: mean stored size of a random sample of images (resized and JPEG-encoded exactly
-    as FFCV will), times the count, plus metadata and each worker's partly filled last page."""
+    as FFCV will), times the count, plus metadata and page padding."""
     from ffcv.fields.rgb_image import encode_jpeg, resizer
 
     count = len(source)
@@ -132,7 +132,8 @@ def estimate_bytes(source, preset: Preset, samples: int, num_workers: int, seed:
     mean = float(np.mean(sizes)) if sizes else 0.0
     # Page tails: a sample that does not fit the rest of a page starts a new one (about half a sample wasted).
     per_image = mean * (1 + mean / 2 / PAGE_SIZE) + 64  # metadata + allocation-table entry
-    return int(count * per_image + (num_workers + 1) * PAGE_SIZE)
+    # The data region starts on a page boundary after the header; each worker's last page is partly filled.
+    return int(count * per_image + PAGE_SIZE + num_workers * PAGE_SIZE / 2)
 
 
 def check_free_space(output_dir: Path, needed: int, free: int | None, margin: float = 1.05) -> None:
@@ -486,3 +487,15 @@ class _exclusive:
     def __exit__(self, *exc):
         fcntl.flock(self.file, fcntl.LOCK_UN)
         self.file.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m resnet_ffcv.writer``: the same command as ``resnet-ffcv write-dataset``, without importing
+    Lightning (seconds saved on a CPU box that only writes data)."""
+    from jsonargparse import auto_cli
+
+    auto_cli(write_dataset, args=argv, as_positional=False, prog="python -m resnet_ffcv.writer")
+
+
+if __name__ == "__main__":
+    main()
