@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resnet_ffcv.ffcv_io import WriteAborted
 from resnet_ffcv.inspect_dataset import StoredImages
+from resnet_ffcv.sources import list_imagefolder
 from resnet_ffcv.writer import (
     CLASSES_FILE,
     MANIFEST_FILE,
@@ -27,8 +29,6 @@ from resnet_ffcv.writer import (
     load_classes,
     write_dataset,
 )
-from resnet_ffcv.ffcv_io import WriteAborted
-from resnet_ffcv.sources import list_imagefolder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,7 +152,10 @@ def test_ffcv_loader_reads_a_file_with_skipped_samples(messy_written):
         order=OrderOption.SEQUENTIAL,
         drop_last=False,
         os_cache=False,  # the page-by-page reader, which goes through the allocation table
-        pipelines={"image": [CenterCropRGBImageDecoder((16, 16), ratio=1.0), ToTensor()], "label": [IntDecoder()]},
+        pipelines={
+            "image": [CenterCropRGBImageDecoder((16, 16), ratio=1.0), ToTensor()],
+            "label": [IntDecoder()],
+        },
     )
     labels, pixels = [], []
     for images, batch_labels in loader:
@@ -171,20 +174,26 @@ def test_fail_policies_refuse_before_writing_and_name_the_paths(messy_folder, tm
         write_dataset(messy_folder, tmp_path, num_workers=1, **{**ALL_SKIP, f"on_{kind}": "fail"})
     assert f"on_{kind}: skip" in str(error.value)
     assert not list(tmp_path.glob("*.ffcv")) and not list(tmp_path.glob(".*.partial"))
-    refused = [p for p in json.loads((tmp_path / REPORT_FILE).read_text())["problems"] if p["action"] == "refused"]
+    refused = [
+        p for p in json.loads((tmp_path / REPORT_FILE).read_text())["problems"] if p["action"] == "refused"
+    ]
     assert refused and all(p["kind"] == kind for p in refused)
 
 
 def test_unreadable_image_under_fail_policy_stops_with_its_path_and_leaves_no_file(messy_folder, tmp_path):
     with pytest.raises(WriteAborted, match=r"(truncated|garbage)\.JPEG"):
-        write_dataset(messy_folder, tmp_path, num_workers=2, chunk_size=2, **{**ALL_SKIP, "on_unreadable": "fail"})
+        write_dataset(
+            messy_folder, tmp_path, num_workers=2, chunk_size=2, **{**ALL_SKIP, "on_unreadable": "fail"}
+        )
     assert sorted(path.name for path in tmp_path.iterdir() if "ffcv" in path.name) == []
     assert not (tmp_path / MANIFEST_FILE).exists()
     report = json.loads((tmp_path / REPORT_FILE).read_text())
     assert any(p["kind"] == "unreadable" and "JPEG" in p["where"] for p in report["problems"])
 
 
-def test_rerun_skips_complete_splits_refuses_other_outputs_and_overwrites_on_request(image_folder, tmp_path, capsys):
+def test_rerun_skips_complete_splits_refuses_other_outputs_and_overwrites_on_request(
+    image_folder, tmp_path, capsys
+):
     names = tmp_path / "LOC_synset_mapping.txt"
     names.write_text("blue_triangle a blue triangle\nred_circle a red circle, round\n")
     args = dict(splits=("val",), preset="rn18", num_workers=1, class_names_file=str(names))
@@ -226,7 +235,7 @@ def test_bad_arguments_are_refused_by_name(image_folder, tmp_path):
         write_dataset(image_folder, tmp_path, splits=("train", "test"))
 
 
-# -- Hugging Face --------------------------------------------------------------------------------------------------
+# -- Hugging Face --------------------------------------------------------------------------------------------
 HF_NAMES = ["tench", "goldfish", "great white shark"]
 HF_COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
 
@@ -284,7 +293,7 @@ def test_huggingface_columns_are_checked_by_name(hf_dirs, tmp_path):
         write_dataset(hf_dirs["saved"], tmp_path, image_column="img")
 
 
-# -- kill -9 -------------------------------------------------------------------------------------------------------
+# -- kill -9 -------------------------------------------------------------------------------------------------
 def _processes_mentioning(text: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -333,7 +342,7 @@ def test_kill_minus_9_mid_write_leaves_no_final_file_and_the_rerun_succeeds(tmp_
     assert json.loads((out / MANIFEST_FILE).read_text())["splits"]["train"]["images"] == 600
 
 
-# -- configs -------------------------------------------------------------------------------------------------------
+# -- configs -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("write_*.yaml")))
 def test_write_configs_parse(config, capsys):
     from resnet_ffcv.cli import main
@@ -343,3 +352,12 @@ def test_write_configs_parse(config, capsys):
     assert done.value.code == 0
     printed = capsys.readouterr().out
     assert "preset:" in printed and "on_unreadable:" in printed
+
+
+def test_write_throughput_benchmark_smoke():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "write_throughput.py"), "--smoke"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| resnet-ffcv write-dataset |" in result.stdout and "ratio ours / FFCV" in result.stdout

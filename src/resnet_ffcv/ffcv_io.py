@@ -1,16 +1,18 @@
 """Write one ``.ffcv`` file with FFCV's own format code, but a sturdier process loop around it.
 
-FFCV's ``DatasetWriter`` does the file layout (header, field descriptors, page allocator, allocation table) and
-we reuse all of that. Its process loop is replaced here because, in ffcv 1.0.2, it:
+FFCV's ``DatasetWriter`` does the file layout (header, field descriptors, page allocator, allocation table)
+and we reuse all of that. Its process loop is replaced here because, in ffcv 1.0.2, it:
 - waits forever when a worker process dies (the progress counter never reaches the total), with no file name;
 - cannot leave a sample out: every index gets a metadata slot up front;
 - leaves its workers running when the parent is killed, still writing into the abandoned file.
 Here each worker reports unreadable samples instead of dying, the parent watches worker exit codes, samples
-that were left out are dropped from the metadata before the header is written, and workers die with the parent.
+that were left out are dropped from the metadata before the header is written, and workers die with the
+parent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing as mp
 import os
@@ -40,12 +42,10 @@ class WriteAborted(RuntimeError):
 
 
 def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when its parent dies, so ``kill -9`` of the writer stops its workers too."""
+    """Linux: SIGKILL this process when its parent dies, so ``kill -9`` of the writer stops its workers."""
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-        except OSError:
-            pass
 
 
 def _worker(
@@ -110,7 +110,7 @@ def write_ffcv(
     desc: str = "",
     page_size: int = 1 << 23,
 ) -> WriteResult:
-    """Write ``source`` (indexable, ``source.describe(i)`` names sample i) to ``path``; returns what was written.
+    """Write ``source`` (indexable; ``source.describe(i)`` names sample i) to ``path``: what was written.
 
     Raises :class:`WriteAborted` on the first unreadable sample when ``skip_unreadable`` is false, or when a
     worker dies; ``path`` is then incomplete and the caller removes it.

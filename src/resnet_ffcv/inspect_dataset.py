@@ -19,7 +19,7 @@ from resnet_ffcv.writer import CLASSES_FILE, load_classes
 
 
 class StoredImages:
-    """Random access to the images and labels of a ``.ffcv`` file written with fields ``image`` and ``label``."""
+    """Random access to the images and labels of a ``.ffcv`` file with fields ``image`` and ``label``."""
 
     def __init__(self, path: str | Path):
         from ffcv.fields import IntField, RGBImageField
@@ -32,7 +32,9 @@ class StoredImages:
         self.fields = {name: type(handler).__name__ for name, handler in self.reader.handlers.items()}
         for name, kind in (("image", RGBImageField), ("label", IntField)):
             if not isinstance(self.reader.handlers.get(name), kind):
-                raise ValueError(f"{self.path}: expected a field {name!r} of type {kind.__name__}, found {self.fields}")
+                raise ValueError(
+                    f"{self.path}: expected a field {name!r} of type {kind.__name__}, found {self.fields}"
+                )
         names = self.reader.field_names
         self.meta = self.reader.metadata[f"f{names.index('image')}"]
         self.labels = np.asarray(self.reader.metadata[f"f{names.index('label')}"], dtype=np.int64)
@@ -75,7 +77,9 @@ def _stats(values: np.ndarray) -> dict:
     }
 
 
-def draw_grid(images: list[np.ndarray], captions: list[str], path: Path, cell: int = 160, columns: int = 6) -> None:
+def draw_grid(
+    images: list[np.ndarray], captions: list[str], path: Path, cell: int = 160, columns: int = 6
+) -> None:
     """Thumbnails (longest side ``cell``) on a white sheet, each captioned under it."""
     from PIL import Image, ImageDraw
 
@@ -167,9 +171,13 @@ def inspect_dataset(
 
 def _print(summary: dict) -> None:
     labels, sizes = summary["labels"], summary["stored_size"]
-    print(f"{summary['file']}: {summary['images']} images, {summary['bytes'] / 1e9:.3f} GB, fields {summary['fields']}")
     print(
-        f"  labels: {labels['classes_present']}/{summary['classes']} classes present, per class {labels['per_class']}, "
+        f"{summary['file']}: {summary['images']} images, {summary['bytes'] / 1e9:.3f} GB, "
+        f"fields {summary['fields']}"
+    )
+    print(
+        f"  labels: {labels['classes_present']}/{summary['classes']} classes present, "
+        f"per class {labels['per_class']}, "
         f"fewest {labels['fewest']}, most {labels['most']}, out of range {labels['out_of_range']}"
     )
     print(f"  stored width {sizes['width']}, height {sizes['height']}, JPEG share {sizes['jpeg_share']}")

@@ -1,10 +1,10 @@
-"""What the writer reads: an ImageFolder tree or a Hugging Face dataset on local disk, as (RGB array, label) samples.
+"""What the writer reads: an ImageFolder tree or a Hugging Face dataset on disk, as (RGB, label) samples.
 
-Sources are indexable and picklable, so FFCV-style writer processes can read them after a fork. Each one decodes
-with :func:`decode_rgb`, which turns every real-world oddity of ImageNet (grayscale, CMYK, palette, RGBA, a PNG
-named ``.JPEG``) into RGB and raises :class:`UnreadableImage` naming the file for anything it cannot decode.
-Problems found while listing (stray files, empty class folders, classes that differ between splits) are returned
-as :class:`Problem` records; the writer decides by policy whether they are fatal.
+Sources are indexable and picklable, so FFCV-style writer processes can read them after a fork. Each one
+decodes with :func:`decode_rgb`, which turns every real-world oddity of ImageNet (grayscale, CMYK, palette,
+RGBA, a PNG named ``.JPEG``) into RGB and raises :class:`UnreadableImage` naming the file for anything it
+cannot decode. Problems found while listing (stray files, empty class folders, classes that differ between splits)
+are returned as :class:`Problem` records; the writer decides by policy whether they are fatal.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def decode_rgb(data: str | Path | bytes, where: str) -> np.ndarray:
     return array
 
 
-# -- ImageFolder ---------------------------------------------------------------------------------------------------
+# -- ImageFolder ---------------------------------------------------------------------------------------------
 class ImageFolderSource:
     """(RGB array, label) pairs from a list of files."""
 
@@ -104,6 +104,12 @@ class ImageFolderSource:
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         path, label = self.samples[index]
         return decode_rgb(path, path), label
+
+    def probe(self, index: int) -> tuple[int, int, int]:
+        """(width, height, encoded bytes) from the file header: no decode."""
+        path = self.samples[index][0]
+        with Image.open(path) as image:
+            return image.width, image.height, os.path.getsize(path)
 
 
 def _is_image_name(name: str) -> bool:
@@ -183,9 +189,9 @@ def list_imagefolder(
     return [ClassInfo(wnid, names.get(wnid, wnid)) for wnid in wnids], listings
 
 
-# -- Hugging Face datasets on local disk ---------------------------------------------------------------------------
+# -- Hugging Face datasets on local disk ---------------------------------------------------------------------
 def looks_like_huggingface(source_dir: Path) -> bool:
-    """``save_to_disk`` output, or a folder of parquet / arrow data files (a hub snapshot or datasets cache)."""
+    """``save_to_disk`` output, or a folder of parquet / arrow files (a hub snapshot or a datasets cache)."""
     if any((source_dir / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
         return True
     return any(source_dir.rglob("*.parquet")) or any(source_dir.rglob("*.arrow"))
@@ -251,11 +257,19 @@ class ParquetSource:
             self._cache[key] = table.column(self.image_column)
         return self._cache[key]
 
+    # Probing reads whole row groups: the size estimate takes a contiguous run of rows.
+    contiguous_probe = True
+
+    def _cell(self, row: int) -> dict:
+        group_index = bisect.bisect_right(self.group_starts, row) - 1
+        return self._column(group_index)[row - self.group_starts[group_index]].as_py()
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         row = int(self.rows[index])
-        group_index = bisect.bisect_right(self.group_starts, row) - 1
-        cell = self._column(group_index)[row - self.group_starts[group_index]].as_py()
-        return _decode_cell(cell, f"{self.split}[{row}]"), int(self.labels[row])
+        return _decode_cell(self._cell(row), f"{self.split}[{row}]"), int(self.labels[row])
+
+    def probe(self, index: int) -> tuple[int, int, int]:
+        return _probe_cell(self._cell(int(self.rows[index])))
 
 
 class ArrowDatasetSource:
@@ -282,6 +296,15 @@ class ArrowDatasetSource:
         row = int(self.rows[index])
         cell = self.dataset[row][self.image_column]
         return _decode_cell(cell, f"{self.split}[{row}]"), int(self.labels[row])
+
+    def probe(self, index: int) -> tuple[int, int, int]:
+        return _probe_cell(self.dataset[int(self.rows[index])][self.image_column])
+
+
+def _probe_cell(cell: dict) -> tuple[int, int, int]:
+    data = cell.get("bytes") or Path(cell["path"]).read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        return image.width, image.height, len(data)
 
 
 def _decode_cell(cell, where: str) -> np.ndarray:
@@ -321,7 +344,8 @@ def list_huggingface(
         import datasets
     except ImportError as error:
         raise ImportError(
-            f"{source_dir} is a Hugging Face dataset: install the `datasets` package (pip install 'resnet-ffcv[hf]')"
+            f"{source_dir} is a Hugging Face dataset: install the `datasets` package "
+            "(pip install 'resnet-ffcv[hf]')"
         ) from error
 
     per_split: dict[str, tuple[str, object]] = {}  # split -> ("arrow", Dataset) | ("parquet", files)
@@ -408,8 +432,8 @@ def list_huggingface(
 
 
 def read_class_names(path: str | Path) -> dict[str, str]:
-    """Readable names by class id: ImageNet's ``LOC_synset_mapping.txt`` lines (``n01440764 tench, Tinca tinca``)
-    or a JSON object ``{"n01440764": "tench", ...}``."""
+    """Readable names by class id: ImageNet's ``LOC_synset_mapping.txt`` lines
+    (``n01440764 tench, Tinca tinca``) or a JSON object ``{"n01440764": "tench", ...}``."""
     path = Path(path)
     text = path.read_text()
     if path.suffix == ".json":
