@@ -3,8 +3,8 @@
 Sources are indexable and picklable, so FFCV-style writer processes can read them after a fork. Each one
 decodes with :func:`decode_rgb`, which turns every real-world oddity of ImageNet (grayscale, CMYK, palette,
 RGBA, a PNG named ``.JPEG``) into RGB and raises :class:`UnreadableImage` naming the file for anything it
-cannot decode. Problems found while listing (stray files, empty class folders, classes that differ between splits)
-are returned as :class:`Problem` records; the writer decides by policy whether they are fatal.
+cannot decode. Problems found while listing (stray files, empty class folders, classes that differ between
+splits) are returned as :class:`Problem` records; the writer decides by policy whether they are fatal.
 """
 
 from __future__ import annotations
