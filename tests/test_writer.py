@@ -361,3 +361,35 @@ def test_write_throughput_benchmark_smoke():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| resnet-ffcv write-dataset |" in result.stdout and "ratio ours / FFCV" in result.stdout
+
+
+class _SourceWithABug:
+    """Sample 5 is a float image: FFCV's field encoder raises, as a bug in a source would."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def describe(self, index: int) -> str:
+        return f"sample-{index}"
+
+    def __getitem__(self, index: int):
+        image = np.zeros((8, 8, 3), dtype=np.float32 if index == 5 else np.uint8)
+        return image, 0
+
+
+def test_a_crashing_worker_stops_the_write_with_the_sample_named_instead_of_hanging(tmp_path):
+    """FFCV 1.0.2's own loop waits forever when a worker dies; ours reports the sample and returns."""
+    from resnet_ffcv.ffcv_io import write_ffcv
+    from resnet_ffcv.writer import image_fields
+
+    with pytest.raises(WriteAborted, match=r"sample-5: .*uint8"):
+        write_ffcv(tmp_path / "x.ffcv", image_fields(PRESETS["rn18"]), _SourceWithABug(), 2, 2, True)
+
+
+def test_flat_val_folder_gets_a_clear_error(tmp_path):
+    (tmp_path / "train" / "n01440764").mkdir(parents=True)
+    (tmp_path / "train" / "n01440764" / "a.JPEG").write_bytes(A_CLASS["rgb.JPEG"][0])
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG").write_bytes(A_CLASS["rgb.JPEG"][0])
+    with pytest.raises(FileNotFoundError, match=r"val: 1 files and no class folders.*valprep"):
+        write_dataset(tmp_path, tmp_path / "out")

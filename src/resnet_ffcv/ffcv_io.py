@@ -64,28 +64,13 @@ def _worker(
             for dest_index, source_index in chunk:
                 try:
                     sample = source[source_index]
+                    handle_sample(sample, dest_index, names, metadata, allocator, fields)
                 except UnreadableImage as error:
                     events.put(("unreadable", int(dest_index), str(error)))
-                    continue
-                except Exception:
-                    events.put(
-                        (
-                            "crash",
-                            int(dest_index),
-                            f"{source.describe(source_index)}: {traceback.format_exc()}",
-                        )
-                    )
-                    raise
-                try:
-                    handle_sample(sample, dest_index, names, metadata, allocator, fields)
-                except Exception:
-                    events.put(
-                        (
-                            "crash",
-                            int(dest_index),
-                            f"{source.describe(source_index)}: {traceback.format_exc()}",
-                        )
-                    )
+                except Exception as error:
+                    where = source.describe(source_index)
+                    message = f"{where}: {type(error).__name__}: {error}\n{traceback.format_exc()}"
+                    events.put(("crash", int(dest_index), message))
                     raise
             with done.get_lock():
                 done.value += len(chunk)

@@ -151,6 +151,13 @@ def list_imagefolder(
                 f"{split_dir}: missing split folder (expected <class>/<image files> inside)"
             )
         scans[split] = scan_imagefolder_split(split_dir)
+        files, problems = scans[split]
+        loose = sum(1 for problem in problems if problem.detail == "a file beside the class folders")
+        if not files and loose:
+            raise FileNotFoundError(
+                f"{split_dir}: {loose} files and no class folders; images must be sorted into <class>/ folders "
+                "(ImageNet's flat val/ folder: move each image into its wnid folder first, e.g. with valprep.sh)"
+            )
     first_files, _ = scans[splits[0]]
     if not first_files:
         raise FileNotFoundError(
@@ -194,7 +201,9 @@ def looks_like_huggingface(source_dir: Path) -> bool:
     """``save_to_disk`` output, or a folder of parquet / arrow files (a hub snapshot or a datasets cache)."""
     if any((source_dir / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
         return True
-    return any(source_dir.rglob("*.parquet")) or any(source_dir.rglob("*.arrow"))
+    # Two levels only (``data/train-00000-of-00257.parquet``): never walk a million-file ImageFolder here.
+    patterns = ("*.parquet", "*/*.parquet", "*.arrow", "*/*.arrow")
+    return any(next(source_dir.glob(pattern), None) for pattern in patterns)
 
 
 def _find_split(available: list[str], split: str, source_dir: Path) -> str:

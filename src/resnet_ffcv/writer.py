@@ -224,7 +224,7 @@ def write_dataset(
     max_resolution: int | None = None,
     compress_probability: float | None = None,
     jpeg_quality: int | None = None,
-    num_workers: int = os.cpu_count() or 1,
+    num_workers: int = len(os.sched_getaffinity(0)),
     chunk_size: int = 100,
     on_unreadable: Policy = "skip",
     on_stray_file: Policy = "fail",
