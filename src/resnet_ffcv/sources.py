@@ -155,8 +155,8 @@ def list_imagefolder(
         loose = sum(1 for problem in problems if problem.detail == "a file beside the class folders")
         if not files and loose:
             raise FileNotFoundError(
-                f"{split_dir}: {loose} files and no class folders; images must be sorted into <class>/ folders "
-                "(ImageNet's flat val/ folder: move each image into its wnid folder first, e.g. with valprep.sh)"
+                f"{split_dir}: {loose} files and no class folders; images must be sorted into <class>/ "
+                "folders (ImageNet's flat val/: move each image into its wnid folder first, e.g. valprep.sh)"
             )
     first_files, _ = scans[splits[0]]
     if not first_files:
