@@ -94,10 +94,13 @@ def messy_folder(tmp_path_factory) -> Path:
     return root
 
 
+MESSY_ARGS = dict(preset="rn18", write_mode="raw", num_workers=2, chunk_size=3, **ALL_SKIP)
+
+
 @pytest.fixture(scope="module")
 def messy_written(messy_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("messy_out")
-    write_dataset(messy_folder, out, preset="rn18", write_mode="raw", num_workers=2, chunk_size=3, **ALL_SKIP)
+    write_dataset(messy_folder, out, **MESSY_ARGS)
     return out
 
 
@@ -163,6 +166,13 @@ def test_ffcv_loader_reads_a_file_with_skipped_samples(messy_written):
         pixels += [image.float().mean(dim=(0, 1)).numpy() for image in images]
     assert labels == StoredImages(messy_written / "train.ffcv").labels.tolist()
     np.testing.assert_allclose(pixels[0], (255, 0, 0), atol=12)  # cmyk.JPEG, the first kept file
+
+
+def test_rerun_keeps_the_report_of_the_splits_it_keeps(messy_written, messy_folder, capsys):
+    before = json.loads((messy_written / REPORT_FILE).read_text())
+    write_dataset(messy_folder, messy_written, **MESSY_ARGS)
+    assert capsys.readouterr().out.count("skipping") == 2
+    assert json.loads((messy_written / REPORT_FILE).read_text()) == before
 
 
 @pytest.mark.parametrize(
@@ -289,7 +299,7 @@ def test_huggingface_dataset_on_disk(hf_dirs, tmp_path, layout):
 
 
 def test_huggingface_columns_are_checked_by_name(hf_dirs, tmp_path):
-    with pytest.raises(KeyError, match="no column 'img' \\(image_column\\)"):
+    with pytest.raises(ValueError, match="no column 'img' \\(image_column\\)"):
         write_dataset(hf_dirs["saved"], tmp_path, image_column="img")
 
 

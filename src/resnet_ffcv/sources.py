@@ -336,6 +336,44 @@ def _label_names(features, label_column: str, labels: np.ndarray) -> list[str]:
     return [str(label) for label in range(int(labels.max()) + 1 if len(labels) else 0)]
 
 
+def _open_splits(datasets, source_dir: Path, splits: tuple[str, ...]) -> dict[str, tuple[str, object]]:
+    """split -> ("arrow", memory-mapped Dataset) or ("parquet", file list); nothing is copied."""
+    opened: dict[str, tuple[str, object]] = {}
+    if (source_dir / "dataset_dict.json").is_file() or (source_dir / "state.json").is_file():
+        loaded = datasets.load_from_disk(str(source_dir))
+        if isinstance(loaded, datasets.Dataset):
+            loaded = datasets.DatasetDict({"train": loaded})
+        for split in splits:
+            opened[split] = ("arrow", loaded[_find_split(list(loaded), split, source_dir)])
+        return opened
+    files = _split_data_files(source_dir)
+    for split in splits:
+        found = files[_find_split([s for s in files if files[s]], split, source_dir)]
+        if all(path.endswith(".arrow") for path in found):
+            parts = [datasets.Dataset.from_file(path) for path in found]
+            opened[split] = ("arrow", datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0])
+        elif all(path.endswith(".parquet") for path in found):
+            opened[split] = ("parquet", found)
+        else:
+            raise ValueError(f"{source_dir}: split {split!r} mixes parquet and arrow files: {found[:4]}")
+    return opened
+
+
+def _features_and_labels(datasets, kind: str, data, label_column: str) -> tuple[dict, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    if kind == "arrow":
+        features = data.features
+        if label_column not in features:
+            return features, np.zeros(0, np.int64)
+        return features, np.asarray(data.with_format("numpy")[label_column], dtype=np.int64)
+    features = datasets.Features.from_arrow_schema(pq.read_schema(data[0]))
+    if label_column not in features:
+        return features, np.zeros(0, np.int64)
+    parts = [pq.read_table(path, columns=[label_column]).column(label_column).to_numpy() for path in data]
+    return features, np.concatenate(parts).astype(np.int64)
+
+
 def list_huggingface(
     source_dir: Path,
     splits: tuple[str, ...],
@@ -357,52 +395,15 @@ def list_huggingface(
             "(pip install 'resnet-ffcv[hf]')"
         ) from error
 
-    per_split: dict[str, tuple[str, object]] = {}  # split -> ("arrow", Dataset) | ("parquet", files)
-    if (source_dir / "dataset_dict.json").is_file() or (source_dir / "state.json").is_file():
-        loaded = datasets.load_from_disk(str(source_dir))
-        if isinstance(loaded, datasets.Dataset):
-            loaded = datasets.DatasetDict({"train": loaded})
-        for split in splits:
-            per_split[split] = ("arrow", loaded[_find_split(list(loaded), split, source_dir)])
-    else:
-        files = _split_data_files(source_dir)
-        for split in splits:
-            found = files[_find_split([s for s in files if files[s]], split, source_dir)]
-            if all(path.endswith(".arrow") for path in found):
-                parts = [datasets.Dataset.from_file(path) for path in found]
-                per_split[split] = (
-                    "arrow",
-                    datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0],
-                )
-            elif all(path.endswith(".parquet") for path in found):
-                per_split[split] = ("parquet", found)
-            else:
-                raise ValueError(f"{source_dir}: split {split!r} mixes parquet and arrow files: {found[:4]}")
-
     listings: dict[str, SplitListing] = {}
     index_names: list[str] = []
-    for split, (kind, data) in per_split.items():
-        if kind == "arrow":
-            features = data.features
-            columns = set(data.column_names)
-        else:
-            import pyarrow.parquet as pq
-
-            features = datasets.Features.from_arrow_schema(pq.read_schema(data[0]))
-            columns = set(features)
+    for split, (kind, data) in _open_splits(datasets, source_dir, splits).items():
+        features, labels = _features_and_labels(datasets, kind, data, label_column)
         for column, key in ((image_column, "image_column"), (label_column, "label_column")):
-            if column not in columns:
-                raise KeyError(
-                    f"{source_dir} split {split!r}: no column {column!r} ({key}); columns: {sorted(columns)}"
+            if column not in features:
+                raise ValueError(
+                    f"{source_dir} split {split!r}: no column {column!r} ({key}); columns: {sorted(features)}"
                 )
-        if kind == "arrow":
-            labels = np.asarray(data.with_format("numpy")[label_column], dtype=np.int64)
-        else:
-            import pyarrow.parquet as pq
-
-            labels = np.concatenate(
-                [pq.read_table(path, columns=[label_column]).column(label_column).to_numpy() for path in data]
-            ).astype(np.int64)
         names = _label_names(features, label_column, labels)
         problems: list[Problem] = []
         if not index_names:

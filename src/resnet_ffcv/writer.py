@@ -290,13 +290,9 @@ def write_dataset(
         if policy not in ("fail", "skip"):
             raise ValueError(f"on_{kind}={policy!r}: expected 'fail' or 'skip'")
     names = read_class_names(class_names_file) if class_names_file else None
-
-    kind = (
-        source
-        if source != "auto"
-        else ("huggingface" if looks_like_huggingface(source_dir) else "imagefolder")
-    )
-    if kind == "huggingface":
+    if source == "auto":
+        source = "huggingface" if looks_like_huggingface(source_dir) else "imagefolder"
+    if source == "huggingface":
         classes, listings = list_huggingface(source_dir, tuple(splits), image_column, label_column, names)
     else:
         classes, listings = list_imagefolder(source_dir, tuple(splits), names)
@@ -304,77 +300,60 @@ def write_dataset(
         raise FileNotFoundError(f"{source_dir}: no classes with images in split {splits[0]!r}")
 
     output_dir.mkdir(parents=True, exist_ok=True)
+    report = output_dir / REPORT_FILE
     with _exclusive(output_dir):
+        previous = _read_report(report)
         problems = [problem for listing in listings.values() for problem in listing.problems]
-        report = output_dir / REPORT_FILE
         _write_report(report, problems, policies)
         _enforce(problems, policies, report)
         for split, listing in listings.items():
             if len(listing.source) == 0:
                 raise FileNotFoundError(f"{source_dir}: split {split!r} has no images to write")
 
-        classes_json = json.dumps(class_entries(classes), indent=1)
+        classes_sha256 = _sha256(json.dumps(class_entries(classes)))
         writer_params = {
             **asdict(params),
             "page_size": PAGE_SIZE,
-            "on_unreadable": on_unreadable,
-            "on_stray_file": on_stray_file,
-            "on_empty_class": on_empty_class,
-            "on_class_mismatch": on_class_mismatch,
+            **{f"on_{k}": v for k, v in policies.items()},
         }
         fingerprints = {
             split: _sha256(
                 json.dumps(
                     [
-                        kind,
+                        source,
                         str(source_dir.resolve()),
                         split,
                         len(listing.source),
-                        _sha256(classes_json),
+                        classes_sha256,
                         writer_params,
                     ]
                 )
             )
             for split, listing in listings.items()
         }
-        manifest = _read_manifest(output_dir)
-        recorded = manifest.get("splits", {}) if not overwrite else {}
         outputs = {split: output_dir / f"{split}.ffcv" for split in splits}
-        todo = [
-            split
-            for split in splits
-            if not _is_complete(outputs[split], recorded.get(split), fingerprints[split])
-        ]
-        existing = [str(outputs[split]) for split in todo if outputs[split].exists()]
-        if existing and not overwrite:
-            raise FileExistsError(
-                f"{', '.join(existing)} already exist and {output_dir / MANIFEST_FILE} does not record them "
-                "as "
-                "written with these inputs and parameters; pass --overwrite true to replace them"
-            )
-        for split in splits:
-            if split not in todo:
-                print(f"{split}: {outputs[split]} is complete (manifest matches), skipping")
+        done = _complete_splits(output_dir, outputs, fingerprints, overwrite)
+        todo = [split for split in splits if split not in done]
+        # What the earlier run left out of the splits it completed is still left out of them.
+        problems += [p for p in previous if p.kind == "unreadable" and p.split in done]
+        _write_report(report, problems, policies)
 
         # Leftovers of a killed run: its workers died with it, so these are garbage.
         for leftover in output_dir.glob(f".*{PARTIAL_SUFFIX}"):
             leftover.unlink()
         if check_space and todo:
-            needed = sum(
-                estimate_bytes(listings[split].source, params, size_sample, num_workers) for split in todo
-            )
+            needed = sum(estimate_bytes(listings[s].source, params, size_sample, num_workers) for s in todo)
             check_free_space(output_dir, needed, assume_free_bytes)
 
         save_classes(output_dir / CLASSES_FILE, classes)
-        split_records = {split: recorded[split] for split in splits if split not in todo}
         manifest = {
             "complete": False,
-            "source": {"kind": kind, "path": str(source_dir.resolve())},
+            "source": {"kind": source, "path": str(source_dir.resolve())},
             "num_classes": len(classes),
-            "classes_sha256": _sha256(classes_json),
+            "classes_sha256": classes_sha256,
             "writer": writer_params,
             "versions": _versions(),
-            "splits": split_records,
+            "splits": done,
         }
         for split in todo:
             try:
@@ -391,9 +370,13 @@ def write_dataset(
                 problems.append(Problem("unreadable", split, str(error).split(": ")[0], str(error)))
                 _write_report(report, problems, policies)
                 raise
-            problems.extend(Problem("unreadable", split, where, reason) for where, reason in skipped)
+            problems += [Problem("unreadable", split, where, reason) for where, reason in skipped]
             _write_report(report, problems, policies)
-            split_records[split] = {**record, "fingerprint": fingerprints[split], "classes": len(classes)}
+            manifest["splits"][split] = {
+                **record,
+                "fingerprint": fingerprints[split],
+                "classes": len(classes),
+            }
             _atomic_write_text(output_dir / MANIFEST_FILE, json.dumps(manifest, indent=1))
         manifest.update(
             complete=True,
@@ -405,6 +388,35 @@ def write_dataset(
     if left_out:
         print(f"left out: {dict(left_out)}; details in {report}")
     return outputs
+
+
+def _complete_splits(output_dir: Path, outputs: dict[str, Path], fingerprints: dict, overwrite: bool) -> dict:
+    """Manifest records of the splits a previous run completed with the same inputs and parameters; refuses
+    (without ``overwrite``) any other existing output."""
+    recorded = {} if overwrite else _read_manifest(output_dir).get("splits", {})
+    done = {
+        split: recorded[split]
+        for split in outputs
+        if _is_complete(outputs[split], recorded.get(split), fingerprints[split])
+    }
+    existing = [str(path) for split, path in outputs.items() if split not in done and path.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{', '.join(existing)} already exist and {output_dir / MANIFEST_FILE} does not record them as "
+            "written with these inputs and parameters; pass --overwrite true to replace them"
+        )
+    for split, path in outputs.items():
+        if split in done:
+            print(f"{split}: {path} is complete (manifest matches), skipping")
+    return done
+
+
+def _read_report(report: Path) -> list[Problem]:
+    try:
+        entries = json.loads(report.read_text())["problems"]
+        return [Problem(e["kind"], e["split"], e["where"], e["detail"]) for e in entries]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        return []
 
 
 def _resolve_preset(preset, write_mode, max_resolution, compress_probability, jpeg_quality) -> Preset:
