@@ -45,6 +45,8 @@ REPORT_FILE = "write_report.json"
 LOCK_FILE = ".write-dataset.lock"
 PARTIAL_SUFFIX = ".partial"
 PAGE_SIZE = 1 << 23  # FFCV's default page (8 MiB); one sample must fit in a page
+# The cores this process may use (a container or taskset may allow fewer than the machine has).
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 Policy = Literal["fail", "skip"]
 WriteMode = Literal["proportion", "jpg", "raw"]
@@ -224,7 +226,7 @@ def write_dataset(
     max_resolution: int | None = None,
     compress_probability: float | None = None,
     jpeg_quality: int | None = None,
-    num_workers: int = len(os.sched_getaffinity(0)),
+    num_workers: int = CORES,
     chunk_size: int = 100,
     on_unreadable: Policy = "skip",
     on_stray_file: Policy = "fail",
@@ -235,8 +237,9 @@ def write_dataset(
     size_sample: int = 256,
     assume_free_bytes: int | None = None,
 ) -> dict[str, Path]:
-    """Write ``<output_dir>/<split>.ffcv`` for each split, ``classes.json``, ``write_report.json`` and
-    ``manifest.json``; returns the ``.ffcv`` paths.
+    """Write each split to ``<output_dir>/<split>.ffcv``, with classes.json, write_report.json, manifest.json.
+
+    Returns the ``.ffcv`` paths by split.
 
     Args:
         source_dir: an ImageFolder root (``<split>/<class>/<image>``), or a Hugging Face dataset on local
