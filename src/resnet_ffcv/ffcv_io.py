@@ -100,14 +100,13 @@ def write_ffcv(
     Raises :class:`WriteAborted` on the first unreadable sample when ``skip_unreadable`` is false, or when a
     worker dies; ``path`` is then incomplete and the caller removes it.
     """
+    from ffcv.memory_allocator import MemoryAllocator
     from ffcv.writer import DatasetWriter
 
     total = len(source)
     writer = DatasetWriter(str(path), fields, page_size=page_size, num_workers=num_workers)
     writer.num_samples = total
     writer.prepare()  # header placeholder, field descriptors, shared metadata buffer
-    from ffcv.memory_allocator import MemoryAllocator
-
     allocator = MemoryAllocator(str(path), writer.data_region_start, page_size)
     work, allocations, events = mp.Queue(), mp.Queue(), mp.Queue()
     indices = list(enumerate(range(total)))
@@ -116,25 +115,8 @@ def write_ffcv(
     for _ in range(num_workers):
         work.put(None)
     done = mp.Value(ctypes.c_uint64, 0)
-    processes = [
-        mp.Process(
-            target=_worker,
-            args=(
-                i,
-                work,
-                writer.metadata_sm,
-                writer.metadata_type,
-                fields,
-                allocator,
-                done,
-                allocations,
-                events,
-                source,
-            ),
-            daemon=True,
-        )
-        for i in range(num_workers)
-    ]
+    shared = (writer.metadata_sm, writer.metadata_type, fields, allocator, done, allocations, events, source)
+    processes = [mp.Process(target=_worker, args=(i, work, *shared), daemon=True) for i in range(num_workers)]
     skipped: dict[int, str] = {}
 
     def drain_events() -> None:
