@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -252,7 +253,7 @@ HF_COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
 
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory) -> dict[str, Path]:
-    """The same dataset saved with ``save_to_disk`` and as sharded parquet files (several row groups each)."""
+    """One dataset three ways: ``save_to_disk``, parquet shards (several row groups), datasets-cache arrow."""
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     from datasets import ClassLabel, Dataset, DatasetDict, Features
     from datasets import Image as ImageFeature
@@ -274,12 +275,16 @@ def hf_dirs(tmp_path_factory) -> dict[str, Path]:
     )
     root = tmp_path_factory.mktemp("hf")
     data.save_to_disk(str(root / "saved"))
+    (root / "cache").mkdir()
     for name, part in data.items():
         part.to_parquet(str(root / "parquet" / "data" / f"{name}-00000-of-00001.parquet"), batch_size=3)
-    return {"saved": root / "saved", "parquet": root / "parquet"}
+        # How the datasets cache names its arrow files after load_dataset("ILSVRC/imagenet-1k").
+        arrow = next((root / "saved" / name).glob("*.arrow"))
+        shutil.copy(arrow, root / "cache" / f"imagenet-1k-{name}-00000-of-00001.arrow")
+    return {"saved": root / "saved", "parquet": root / "parquet", "cache": root / "cache"}
 
 
-@pytest.mark.parametrize("layout", ["saved", "parquet"])
+@pytest.mark.parametrize("layout", ["saved", "parquet", "cache"])
 def test_huggingface_dataset_on_disk(hf_dirs, tmp_path, layout):
     write_dataset(
         hf_dirs[layout], tmp_path, preset="rn18", write_mode="raw", num_workers=2, chunk_size=4,
