@@ -75,10 +75,17 @@ def make_synthetic_command(argv: list[str]) -> None:
     auto_cli(make_synthetic_imagefolder, args=argv, as_positional=False, prog="resnet-ffcv make-synthetic")
 
 
+def inspect_dataset_command(argv: list[str]) -> None:
+    from resnet_ffcv.inspect_dataset import inspect_dataset
+
+    auto_cli(inspect_dataset, args=argv, as_positional=False, prog="resnet-ffcv inspect-dataset")
+
+
 # Subcommands that are not Trainer methods: each is a function whose signature is its interface.
 TOOLS: dict[str, Callable[[list[str]], None]] = {
     "write-dataset": write_dataset_command,
     "make-synthetic": make_synthetic_command,
+    "inspect-dataset": inspect_dataset_command,
     "doctor": doctor_command,
     "export": export_command,
     "plan": plan_command,

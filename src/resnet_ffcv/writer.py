@@ -1,22 +1,55 @@
-"""Write an ImageFolder tree (``train/<class>/*``, ``val/<class>/*``) to ``train.ffcv`` and ``val.ffcv``.
+"""``resnet-ffcv write-dataset``: ImageNet (ImageFolder or Hugging Face dataset on disk) -> ``.ffcv`` files.
 
-Both splits share one class index (sorted train folder names), saved beside the outputs as ``classes.json``
-so that training, prediction and export all agree on what label 3 means.
+    <output_dir>/train.ffcv, val.ffcv     images (RGBImageField ``image``) and labels (IntField ``label``)
+    <output_dir>/classes.json             one class index for all splits: index, wnid, readable name
+    <output_dir>/write_report.json        every input that was left out or refused, and why
+    <output_dir>/manifest.json            written last: counts, class-map hash, parameters, versions, times
+
+Writing ImageNet takes hours, so the run is built to survive: every problem that can be found by listing
+files is found (and, by policy, refused) before any image is decoded; the output size is estimated and checked
+against the free space; each split is written under a temporary name and renamed when complete; a rerun of the
+same command skips splits that the manifest records as complete and starts the others afresh.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
+import platform
+import random
+import shutil
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
-from PIL import Image
 
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
+from resnet_ffcv.ffcv_io import WriteAborted
+from resnet_ffcv.sources import (
+    ClassInfo,
+    Problem,
+    list_huggingface,
+    list_imagefolder,
+    looks_like_huggingface,
+    read_class_names,
+)
+
 CLASSES_FILE = "classes.json"
+MANIFEST_FILE = "manifest.json"
+REPORT_FILE = "write_report.json"
+LOCK_FILE = ".write-dataset.lock"
+PARTIAL_SUFFIX = ".partial"
+PAGE_SIZE = 1 << 23  # FFCV's default page (8 MiB); one sample must fit in a page
+# The cores this process may use (a container or taskset may allow fewer than the machine has).
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+Policy = Literal["fail", "skip"]
+WriteMode = Literal["proportion", "jpg", "raw"]
 
 
 @dataclass(frozen=True)
@@ -35,55 +68,14 @@ PRESETS = {
 }
 
 
-class ImageFolderSource:
-    """(RGB uint8 HWC array, label) pairs from a list of files; picklable so FFCV's writer processes can use it."""
-
-    def __init__(self, samples: list[tuple[str, int]]):
-        self.samples = samples
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        path, label = self.samples[index]
-        try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB")
-        except Exception as error:  # the path is what a user needs to fix their data
-            raise RuntimeError(f"cannot decode image {path}: {error}") from error
-        return np.asarray(rgb), label
+class DatasetProblems(ValueError):
+    """Inputs refused by a ``fail`` policy; the message lists them and names the report file."""
 
 
-def find_classes(split_dir: Path) -> list[str]:
-    classes = sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir())
-    if not classes:
-        raise FileNotFoundError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image files>)")
-    return classes
-
-
-def list_samples(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
-    samples = []
-    for label, name in enumerate(classes):
-        class_dir = split_dir / name
-        if class_dir.is_dir():
-            files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            samples.extend((str(path), label) for path in files)
-    return samples
-
-
-def write_split(
-    samples: list[tuple[str, int]],
-    output: Path,
-    preset: Preset,
-    num_workers: int,
-    chunk_size: int,
-) -> None:
-    """Write one ``.ffcv`` file atomically: a temporary name in the same directory, renamed when complete."""
+def image_fields(preset: Preset) -> dict:
     from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
 
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    fields = {
+    return {
         "image": RGBImageField(
             write_mode=preset.write_mode,
             max_resolution=preset.max_resolution,
@@ -92,79 +84,437 @@ def write_split(
         ),
         "label": IntField(),
     }
-    try:
-        DatasetWriter(str(tmp), fields, num_workers=num_workers).from_indexed_dataset(
-            ImageFolderSource(samples), chunksize=chunk_size
-        )
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
-def write_dataset(
-    source_dir: str | Path,
-    output_dir: str | Path,
-    splits: tuple[str, ...] = ("train", "val"),
-    preset: str = "rn50",
-    num_workers: int = os.cpu_count() or 1,
-    chunk_size: int = 100,
-    overwrite: bool = False,
-) -> dict[str, Path]:
-    """Write ``<output_dir>/<split>.ffcv`` for each split and ``classes.json``; returns the written paths.
-
-    Args:
-        source_dir: ImageFolder root holding one folder per split, each with one folder per class.
-        output_dir: where the ``.ffcv`` files and ``classes.json`` go (created if missing).
-        splits: split folder names; the first one defines the class index.
-        preset: FFCV's writer settings, ``rn50`` (max side 500 px, half of the images JPEG-compressed at
-            quality 90, the rest raw) or ``rn18`` (400 px, 10% compressed).
-        num_workers: writer processes.
-        chunk_size: images per work unit handed to a writer process.
-        overwrite: replace existing complete output files.
-    """
-    source_dir, output_dir = Path(source_dir), Path(output_dir)
-    if preset not in PRESETS:
-        raise ValueError(f"preset={preset!r}: expected one of {sorted(PRESETS)}")
-    for split in splits:
-        if not (source_dir / split).is_dir():
-            raise FileNotFoundError(f"{source_dir / split}: missing split folder (expected <class>/<images> inside)")
-    classes = find_classes(source_dir / splits[0])
-    for split in splits[1:]:
-        other = find_classes(source_dir / split)
-        if other != classes:
-            extra, missing = sorted(set(other) - set(classes)), sorted(set(classes) - set(other))
-            raise ValueError(
-                f"{source_dir / split}: class folders differ from {splits[0]}: "
-                f"extra {extra[:10]}, missing {missing[:10]}"
-            )
-    outputs = {split: output_dir / f"{split}.ffcv" for split in splits}
-    existing = [str(path) for path in outputs.values() if path.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} already exist; pass --overwrite true to replace them")
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for split, output in outputs.items():
-        samples = list_samples(source_dir / split, classes)
-        if not samples:
-            raise FileNotFoundError(f"{source_dir / split}: no image files found")
-        start = time.perf_counter()
-        write_split(samples, output, PRESETS[preset], num_workers, chunk_size)
-        seconds = time.perf_counter() - start
-        print(
-            f"{split}: {len(samples)} images, {len(classes)} classes, {output.stat().st_size / 1e6:.1f} MB "
-            f"in {seconds:.1f} s ({len(samples) / seconds:.0f} images/s) -> {output}"
-        )
-    save_classes(output_dir / CLASSES_FILE, classes)
-    return outputs
+# -- class index ---------------------------------------------------------------------------------------------
+def class_entries(classes: list[ClassInfo]) -> list[dict]:
+    return [{"index": index, "wnid": info.wnid, "name": info.name} for index, info in enumerate(classes)]
 
 
-def save_classes(path: Path, classes: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps([{"index": i, "wnid": name, "name": name} for i, name in enumerate(classes)], indent=1))
-    os.replace(tmp, path)
+def save_classes(path: Path, classes: list[ClassInfo]) -> None:
+    _atomic_write_text(path, json.dumps(class_entries(classes), indent=1))
 
 
 def load_classes(path: str | Path) -> list[str]:
     """Class names by label index from a ``classes.json`` written by :func:`write_dataset`."""
     entries = json.loads(Path(path).read_text())
     return [entry["name"] for entry in sorted(entries, key=lambda entry: entry["index"])]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _sha256(data: str) -> str:
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+# -- size estimate -------------------------------------------------------------------------------------------
+def estimate_bytes(source, preset: Preset, samples: int, num_workers: int, seed: int = 0) -> int:
+    """Expected ``.ffcv`` size from the headers of a sample of images (no decoding, so ~1 ms per image).
+
+    A raw image takes exactly width x height x 3 bytes after FFCV's downscale to ``max_resolution``; a JPEG
+    one is taken as the source file's bytes per pixel times the stored pixels (ImageNet's own JPEGs are of
+    similar quality to FFCV's 90). Raw images dominate the total at both presets.
+    """
+    count = len(source)
+    if count == 0:
+        return 0
+    rng = random.Random(seed)
+    n = min(samples, count)
+    if getattr(source, "contiguous_probe", False):
+        start = rng.randrange(count - n + 1)
+        picks = range(start, start + n)
+    else:
+        picks = rng.sample(range(count), n)
+    jpeg_share = {"jpg": 1.0, "raw": 0.0}.get(preset.write_mode, preset.compress_probability)
+    sizes = []
+    for index in picks:
+        try:
+            width, height, encoded = source.probe(index)
+        except Exception:  # unreadable: found again, and handled by policy, during the write
+            continue
+        scale = min(1.0, preset.max_resolution / max(width, height))
+        pixels = int(width * scale) * int(height * scale)
+        jpeg = encoded * pixels / max(1, width * height)
+        sizes.append(jpeg_share * jpeg + (1 - jpeg_share) * 3 * pixels)
+    mean = float(np.mean(sizes)) if sizes else 0.0
+    # Page tails: a sample that does not fit the rest of a page starts a new one (about half a sample wasted).
+    per_image = mean * (1 + mean / 2 / PAGE_SIZE) + 64  # metadata + allocation-table entry
+    # The data region starts on a page boundary after the header; each worker's last page is partly filled.
+    return int(count * per_image + PAGE_SIZE + num_workers * PAGE_SIZE / 2)
+
+
+def check_free_space(output_dir: Path, needed: int, free: int | None, margin: float = 1.05) -> None:
+    free = shutil.disk_usage(output_dir).free if free is None else free
+    if needed * margin > free:
+        raise OSError(
+            f"{output_dir}: not enough free space: the output needs about {needed / 1e9:.2f} GB "
+            f"(+{(margin - 1) * 100:.0f}% margin, estimated from a sample of images) "
+            f"and {free / 1e9:.2f} GB are free; "
+            "free some space or choose another output_dir"
+        )
+
+
+# -- problems and report -------------------------------------------------------------------------------------
+def _enforce(problems: list[Problem], policies: dict[str, Policy], report: Path) -> None:
+    refused = [problem for problem in problems if policies[problem.kind] == "fail"]
+    if not refused:
+        return
+    lines = [f"  [{p.kind}] {p.where}: {p.detail}" for p in refused[:30]]
+    more = f"\n  ... and {len(refused) - 30} more" if len(refused) > 30 else ""
+    kinds = sorted({problem.kind for problem in refused})
+    raise DatasetProblems(
+        f"{len(refused)} input problem(s) refused by policy (full list in {report}):\n"
+        + "\n".join(lines)
+        + more
+        + f"\nFix the inputs, or set {', '.join(f'on_{kind}: skip' for kind in kinds)} to leave them out."
+    )
+
+
+def _write_report(path: Path, problems: list[Problem], policies: dict[str, Policy]) -> None:
+    entries = [{**asdict(p), "action": "refused" if policies[p.kind] == "fail" else "skipped"} for p in problems]
+    counts = Counter(f"{p.split}/{p.kind}" for p in problems)
+    _atomic_write_text(path, json.dumps({"counts": dict(sorted(counts.items())), "problems": entries}, indent=1))
+
+
+# -- manifest ------------------------------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("resnet-ffcv", "ffcv", "numpy", "pillow", "opencv-python", "datasets", "pyarrow"):
+        with contextlib.suppress(PackageNotFoundError):
+            found[package] = version(package)
+    return found
+
+
+def _read_manifest(output_dir: Path) -> dict:
+    path = output_dir / MANIFEST_FILE
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _is_complete(output: Path, recorded: dict | None, fingerprint: str) -> bool:
+    return (
+        recorded is not None
+        and recorded.get("fingerprint") == fingerprint
+        and output.is_file()
+        and output.stat().st_size == recorded.get("bytes")
+    )
+
+
+# -- the command ---------------------------------------------------------------------------------------------
+def write_dataset(
+    source_dir: str | Path,
+    output_dir: str | Path,
+    splits: tuple[str, ...] = ("train", "val"),
+    source: Literal["auto", "imagefolder", "huggingface"] = "auto",
+    image_column: str = "image",
+    label_column: str = "label",
+    class_names_file: str | None = None,
+    preset: Literal["rn50", "rn18"] = "rn50",
+    write_mode: WriteMode | None = None,
+    max_resolution: int | None = None,
+    compress_probability: float | None = None,
+    jpeg_quality: int | None = None,
+    num_workers: int = CORES,
+    chunk_size: int = 100,
+    on_unreadable: Policy = "skip",
+    on_stray_file: Policy = "fail",
+    on_empty_class: Policy = "fail",
+    on_class_mismatch: Policy = "fail",
+    overwrite: bool = False,
+    check_space: bool = True,
+    size_sample: int = 256,
+    assume_free_bytes: int | None = None,
+) -> dict[str, Path]:
+    """Write each split to ``<output_dir>/<split>.ffcv``, with classes.json, write_report.json, manifest.json.
+
+    Returns the ``.ffcv`` paths by split.
+
+    Args:
+        source_dir: an ImageFolder root (``<split>/<class>/<image>``), or a Hugging Face dataset on local
+            disk: a ``save_to_disk`` folder, or a folder of parquet / arrow files (e.g. a hub snapshot).
+        output_dir: where the outputs go (created if missing).
+        splits: splits to write, also the output names; the first one defines the class index. A Hugging Face
+            split ``validation`` is found for ``val``.
+        source: ``auto`` picks ``huggingface`` when ``source_dir`` holds ``dataset_dict.json``,
+            ``state.json`` or parquet/arrow files, else ``imagefolder``.
+        image_column: Hugging Face column with the images.
+        label_column: Hugging Face column with integer (``ClassLabel``) labels.
+        class_names_file: readable class names by class id (ImageNet's ``LOC_synset_mapping.txt`` lines
+            ``n01440764 tench, Tinca tinca``, or a JSON object); default: the folder / label names.
+        preset: FFCV's ImageNet settings: ``rn50`` (longest side 500 px, half of the images stored as JPEG at
+            quality 90, the rest raw) or ``rn18`` (400 px, 10% JPEG).
+        write_mode: overrides the preset: ``proportion`` (JPEG at ``compress_probability``), ``jpg``, ``raw``.
+        max_resolution: overrides the preset: longest stored side in pixels (larger images are downscaled).
+        compress_probability: overrides the preset: share of images stored as JPEG under ``proportion``.
+        jpeg_quality: overrides the preset: JPEG quality of the compressed images.
+        num_workers: writer processes (decode, resize, encode); default: all cores.
+        chunk_size: images per work unit handed to a writer process.
+        on_unreadable: a truncated or undecodable image: ``skip`` it (recorded in the report) or ``fail`` at
+            the first one.
+        on_stray_file: a non-image file among the class folders: ``fail`` before writing, or ``skip`` it.
+        on_empty_class: a class folder without images: ``fail``, or ``skip`` (left out of the class index).
+        on_class_mismatch: a later split whose classes differ from the first one's: ``fail``, or ``skip`` its
+            images of unknown classes.
+        overwrite: replace existing outputs; otherwise only splits the manifest records as complete with the
+            same parameters are kept (and skipped), and any other existing output is refused.
+        check_space: estimate the output size and refuse to start when the destination lacks the space.
+        size_sample: images per split whose headers are read to estimate the output size.
+        assume_free_bytes: free space to assume at the destination instead of asking the file system (for
+            mounts that misreport it, and for tests).
+    """
+    started = time.time()
+    source_dir, output_dir = Path(source_dir), Path(output_dir)
+    if not source_dir.is_dir():
+        raise FileNotFoundError(f"source_dir={source_dir}: not a directory")
+    if not splits:
+        raise ValueError("splits: expected at least one split name")
+    if chunk_size < 1 or num_workers < 1:
+        raise ValueError(f"chunk_size={chunk_size}, num_workers={num_workers}: expected positive integers")
+    params = _resolve_preset(preset, write_mode, max_resolution, compress_probability, jpeg_quality)
+    policies: dict[str, Policy] = {
+        "unreadable": on_unreadable,
+        "stray_file": on_stray_file,
+        "empty_class": on_empty_class,
+        "class_mismatch": on_class_mismatch,
+    }
+    for kind, policy in policies.items():
+        if policy not in ("fail", "skip"):
+            raise ValueError(f"on_{kind}={policy!r}: expected 'fail' or 'skip'")
+    names = read_class_names(class_names_file) if class_names_file else None
+    if source == "auto":
+        source = "huggingface" if looks_like_huggingface(source_dir) else "imagefolder"
+    if source == "huggingface":
+        classes, listings = list_huggingface(source_dir, tuple(splits), image_column, label_column, names)
+    else:
+        classes, listings = list_imagefolder(source_dir, tuple(splits), names)
+    if not classes:
+        raise FileNotFoundError(f"{source_dir}: no classes with images in split {splits[0]!r}")
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report = output_dir / REPORT_FILE
+    with _exclusive(output_dir):
+        previous = _read_report(report)
+        problems = [problem for listing in listings.values() for problem in listing.problems]
+        _write_report(report, problems, policies)
+        _enforce(problems, policies, report)
+        for split, listing in listings.items():
+            if len(listing.source) == 0:
+                raise FileNotFoundError(f"{source_dir}: split {split!r} has no images to write")
+
+        classes_sha256 = _sha256(json.dumps(class_entries(classes)))
+        writer_params = {
+            **asdict(params),
+            "page_size": PAGE_SIZE,
+            **{f"on_{k}": v for k, v in policies.items()},
+        }
+        fingerprints = {
+            split: _sha256(
+                json.dumps(
+                    [
+                        source,
+                        str(source_dir.resolve()),
+                        split,
+                        len(listing.source),
+                        classes_sha256,
+                        writer_params,
+                    ]
+                )
+            )
+            for split, listing in listings.items()
+        }
+        outputs = {split: output_dir / f"{split}.ffcv" for split in splits}
+        done = _complete_splits(output_dir, outputs, fingerprints, overwrite)
+        todo = [split for split in splits if split not in done]
+        # What the earlier run left out of the splits it completed is still left out of them.
+        problems += [p for p in previous if p.kind == "unreadable" and p.split in done]
+        _write_report(report, problems, policies)
+
+        # Leftovers of a killed run: its workers died with it, so these are garbage.
+        for leftover in output_dir.glob(f".*{PARTIAL_SUFFIX}"):
+            leftover.unlink()
+        if check_space and todo:
+            needed = sum(estimate_bytes(listings[s].source, params, size_sample, num_workers) for s in todo)
+            check_free_space(output_dir, needed, assume_free_bytes)
+
+        save_classes(output_dir / CLASSES_FILE, classes)
+        manifest = {
+            "complete": False,
+            "source": {"kind": source, "path": str(source_dir.resolve())},
+            "num_classes": len(classes),
+            "classes_sha256": classes_sha256,
+            "writer": writer_params,
+            "versions": _versions(),
+            "splits": done,
+        }
+        for split in todo:
+            try:
+                record, skipped = _write_split(
+                    listings[split].source,
+                    outputs[split],
+                    params,
+                    num_workers,
+                    chunk_size,
+                    on_unreadable,
+                    split,
+                )
+            except WriteAborted as error:
+                problems.append(Problem("unreadable", split, str(error).split(": ")[0], str(error)))
+                _write_report(report, problems, policies)
+                raise
+            problems += [Problem("unreadable", split, where, reason) for where, reason in skipped]
+            _write_report(report, problems, policies)
+            manifest["splits"][split] = {
+                **record,
+                "fingerprint": fingerprints[split],
+                "classes": len(classes),
+            }
+            _atomic_write_text(output_dir / MANIFEST_FILE, json.dumps(manifest, indent=1))
+        manifest.update(
+            complete=True,
+            duration_s=round(time.time() - started, 1),
+            finished=time.strftime("%FT%TZ", time.gmtime()),
+        )
+        _atomic_write_text(output_dir / MANIFEST_FILE, json.dumps(manifest, indent=1))
+    left_out = Counter(problem.kind for problem in problems)
+    if left_out:
+        print(f"left out: {dict(left_out)}; details in {report}")
+    return outputs
+
+
+def _complete_splits(output_dir: Path, outputs: dict[str, Path], fingerprints: dict, overwrite: bool) -> dict:
+    """Manifest records of the splits a previous run completed with the same inputs and parameters; refuses
+    (without ``overwrite``) any other existing output."""
+    recorded = {} if overwrite else _read_manifest(output_dir).get("splits", {})
+    done = {
+        split: recorded[split]
+        for split in outputs
+        if _is_complete(outputs[split], recorded.get(split), fingerprints[split])
+    }
+    existing = [str(path) for split, path in outputs.items() if split not in done and path.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{', '.join(existing)} already exist and {output_dir / MANIFEST_FILE} does not record them as "
+            "written with these inputs and parameters; pass --overwrite true to replace them"
+        )
+    for split, path in outputs.items():
+        if split in done:
+            print(f"{split}: {path} is complete (manifest matches), skipping")
+    return done
+
+
+def _read_report(report: Path) -> list[Problem]:
+    try:
+        entries = json.loads(report.read_text())["problems"]
+        return [Problem(e["kind"], e["split"], e["where"], e["detail"]) for e in entries]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        return []
+
+
+def _resolve_preset(preset, write_mode, max_resolution, compress_probability, jpeg_quality) -> Preset:
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r}: expected one of {sorted(PRESETS)}")
+    base = PRESETS[preset]
+    params = Preset(
+        max_resolution=base.max_resolution if max_resolution is None else max_resolution,
+        compress_probability=base.compress_probability if compress_probability is None else compress_probability,
+        jpeg_quality=base.jpeg_quality if jpeg_quality is None else jpeg_quality,
+        write_mode=base.write_mode if write_mode is None else write_mode,
+    )
+    if params.write_mode not in ("proportion", "jpg", "raw"):
+        raise ValueError(f"write_mode={params.write_mode!r}: expected 'proportion', 'jpg' or 'raw'")
+    if not params.max_resolution >= 16 or params.max_resolution**2 * 3 > PAGE_SIZE:
+        # A stored image must fit in one FFCV page (8 MiB): 1672 px square, raw.
+        raise ValueError(f"max_resolution={params.max_resolution}: expected 16..1672 pixels")
+    if not 0.0 <= params.compress_probability <= 1.0:
+        raise ValueError(f"compress_probability={params.compress_probability}: expected 0..1")
+    if not 1 <= params.jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality={params.jpeg_quality}: expected 1..100")
+    return params
+
+
+def _write_split(source, output: Path, params: Preset, num_workers, chunk_size, on_unreadable, split):
+    from resnet_ffcv.ffcv_io import write_ffcv  # noqa: I001
+
+    partial = output.with_name(f".{output.name}{PARTIAL_SUFFIX}")
+    start = time.perf_counter()
+    try:
+        result = write_ffcv(
+            partial,
+            image_fields(params),
+            source,
+            num_workers=min(num_workers, max(1, len(source))),
+            chunk_size=chunk_size,
+            skip_unreadable=on_unreadable == "skip",
+            desc=split,
+            page_size=PAGE_SIZE,
+        )
+        if result.written == 0:
+            raise RuntimeError(f"{split}: every image was unreadable; nothing written")
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    size = output.stat().st_size
+    rate = len(source) / seconds
+    classes = len(set(_labels_of(source)))
+    print(
+        f"{split}: {result.written} images ({len(result.skipped)} skipped), {classes} classes, "
+        f"{size / 1e9:.3f} GB "
+        f"in {seconds:.1f} s ({rate:.0f} images/s) -> {output}"
+    )
+    record = {
+        "file": output.name,
+        "images": result.written,
+        "skipped": len(result.skipped),
+        "bytes": size,
+        "seconds": round(seconds, 2),
+        "images_per_second": round(rate, 1),
+    }
+    return record, result.skipped
+
+
+def _labels_of(source) -> list[int]:
+    if hasattr(source, "samples"):
+        return [label for _, label in source.samples]
+    return source.labels[source.rows].tolist()
+
+
+class _exclusive:
+    """One writer per output directory: a second concurrent run fails at once instead of sharing temp files.
+    The OS drops the lock when the process dies, so a killed run never blocks its rerun."""
+
+    def __init__(self, output_dir: Path):
+        self.path = output_dir / LOCK_FILE
+
+    def __enter__(self):
+        self.file = open(self.path, "w")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise RuntimeError(f"{self.path.parent}: another write-dataset run is writing here") from None
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m resnet_ffcv.writer``: the same command as ``resnet-ffcv write-dataset``, without importing
+    Lightning (seconds saved on a CPU box that only writes data)."""
+    from jsonargparse import auto_cli
+
+    auto_cli(write_dataset, args=argv, as_positional=False, prog="python -m resnet_ffcv.writer")
+
+
+if __name__ == "__main__":
+    main()
