@@ -1,0 +1,89 @@
+"""Measuring the training step: synthetic on-device batches, a step clock, and the Trainer run around them.
+
+Shared by ``resnet-ffcv plan`` and ``benchmarks/train_throughput.py`` so both time exactly the same thing.
+"""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+
+
+class RepeatedBatches:
+    """The same on-device batch ``length`` times: measures the training step, not a data loader."""
+
+    def __init__(self, batch: tuple[torch.Tensor, torch.Tensor], length: int):
+        self.batch, self.length = batch, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        return (self.batch for _ in range(self.length))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StepClock(L.Callback):
+    """Wall time from the start of step ``warmup`` to the end of the last step (CUDA synchronized at both)."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.start, self.end = warmup, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            synchronize(pl_module.device)
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        synchronize(pl_module.device)
+        self.end = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+def synthetic_batch(
+    batch: int, resolution: int, num_classes: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 NCHW channels_last images and int64 labels, as the FFCV loader hands them over."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, resolution, resolution), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, num_classes, (batch,), generator=generator)
+    return images.to(device).contiguous(memory_format=torch.channels_last), labels.to(device)
+
+
+def time_lightning_steps(
+    module: L.LightningModule,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    steps: int,
+    warmup: int,
+    precision: str,
+    device: torch.device,
+) -> float:
+    """Seconds for ``steps - warmup`` training steps of ``module`` through a real Trainer on one device."""
+    if not 0 <= warmup < steps:
+        raise ValueError(f"warmup={warmup}: expected 0 <= warmup < steps ({steps})")
+    clock = StepClock(warmup)
+    trainer = L.Trainer(
+        accelerator=device.type,
+        devices=1,
+        precision=precision,
+        max_steps=steps,
+        max_epochs=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[clock],
+    )
+    trainer.fit(module, train_dataloaders=RepeatedBatches(batch, steps))
+    return clock.seconds
