@@ -227,3 +227,31 @@ def test_checkpoint_loads_with_ema_switched_either_way(tmp_path):
     again.on_load_checkpoint(plain)
     again.load_state_dict(plain["state_dict"])
     _assert_same(again.ema.module.state_dict(), without.network.state_dict(), "ema from network")
+
+
+def test_ddp_counts_each_validation_sample_once_and_trains_with_ema(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "ddp.json"
+    script = Path(__file__).with_name("ddp_eval_script.py")
+    done = subprocess.run(
+        [sys.executable, str(script), str(out)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    # 15 samples over 2 ranks: counting rank 1's padding repeat would average over 16.
+    assert result["logged"]["val/acc1"] == pytest.approx(result["expected"]["val/acc1"], abs=1e-6)
+    assert result["logged"]["val/loss"] == pytest.approx(result["expected"]["val/loss"], rel=1e-5)
+    assert result["logged"]["val/acc1_ema"] == pytest.approx(result["expected"]["val/acc1"], abs=1e-6)
+    # One step per rank (8 samples, batch 4, 2 ranks): EMA updated outside DDP, metrics reported.
+    assert result["ema_updates"] == 1
+    assert {"train/lr", "train/loss", "val/acc1", "val/acc1_ema"} <= result["after_fit"].keys()

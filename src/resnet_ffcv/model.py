@@ -85,6 +85,8 @@ class ImageClassifier(L.LightningModule):
         cutmix_alpha: CutMix's Beta(alpha, alpha) parameter for the pasted area (1.0: uniform).
         mix_stop_epoch: first epoch trained without any mixing; ``None`` mixes to the end.
         use_ema: keep an EMA copy of the weights, validated alongside (``val/acc1_ema``) and checkpointed.
+            Which one picks the best checkpoint or stops at a target is the ``monitor`` of ModelCheckpoint /
+            EarlyStopping: ``val/acc1`` or ``val/acc1_ema``.
         ema_decay: EMA decay per optimizer step (half-life ``ln 2 / (1 - decay)`` steps: 0.9998 -> 3466
             steps, about 5.5 epochs of ImageNet at batch 2048).
         blurpool: blur before every strided convolution past the stem (FFCV's ResNet-50 recipe).
