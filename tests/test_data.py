@@ -207,3 +207,19 @@ def test_epochs_ending_early_leak_no_threads_or_memory(indexed_dir):
 
     L.Trainer(**trainer_kwargs(max_steps=3)).fit(ProbeModule(), datamodule=data)
     assert ffcv_threads() == 0, "max_steps ends mid-epoch: teardown stops the iterator"
+
+
+def test_loader_benchmark_smoke(image_folder, ffcv_dir, capsys):
+    """benchmarks/loader_throughput.py runs and prints its table (speed itself is measured, not asserted)."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "loader_throughput.py"
+    spec = importlib.util.spec_from_file_location("loader_throughput", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    rows = benchmark.main(
+        ["--smoke", "--images", str(image_folder), "--ffcv", str(ffcv_dir), "--workers", "1"]
+    )
+    assert [row["resolution"] for row in rows] == [32]
+    assert all(row[name] > 0 for row in rows for name in ("ours", "bare ffcv", "ImageFolder+PIL"))
+    assert "| 32 |" in capsys.readouterr().out
