@@ -276,6 +276,7 @@ class FFCVDataModule(L.LightningDataModule):
         self._resume: dict[str, int] | None = None
         self._last_train: EpochLoader | None = None
         self._sizes: dict[Path, int] = {}
+        self._placement: tuple | None = None  # (rank, world size, device) the cached loaders were built for
 
     def _count_classes(self) -> int:
         if not self.classes_path.is_file():
@@ -319,6 +320,10 @@ class FFCVDataModule(L.LightningDataModule):
     # -- checks before training ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         """Fails fast, naming the file / key / value, before any pipeline is compiled or a GPU is touched."""
+        placement = (self.global_rank, self.world_size, str(self._device()))
+        if placement != self._placement:  # e.g. the same datamodule handed to another Trainer
+            self.teardown(stage)
+            self._train_loaders, self._val_loader, self._placement = {}, None, placement
         paths = [self.train_path, self.val_path] if stage == "fit" else [self.val_path]
         for path in paths:
             if path not in self._sizes:
@@ -327,7 +332,8 @@ class FFCVDataModule(L.LightningDataModule):
             self.check_train_batch_size(self.configured_batch_size(), "data.batch_size")
         if self._sizes[self.val_path] < self.world_size:
             raise ValueError(
-                f"{self.val_path}: {self._sizes[self.val_path]} samples for {self.world_size} ranks"
+                f"{self.val_path}: {self._sizes[self.val_path]} samples for {self.world_size} ranks: "
+                "expected at least one per rank"
             )
 
     def check_train_batch_size(self, batch_size: int, key: str) -> None:
