@@ -41,6 +41,8 @@ def test_ddp_shards_orders_resolution_and_validation(tmp_path):
         assert resolutions == {32 if epoch == 0 else 64}, f"epoch {epoch}: resolutions {resolutions}"
 
     # Validation ran after each of the 2 epochs: each rank its own slice, together every sample exactly once.
+    # Rank 0's 21 samples in batches of 10 end in a batch of one: it keeps its batch dimension.
+    assert [len(batch) for batch in ranks[0]["val"]] == [10, 10, 1] * 2
     per_rank = [[x for batch in rank["val"] for x in batch] for rank in ranks]
     assert sorted(per_rank[0]) == sorted(list(range(0, 41, 2)) * 2)
     assert sorted(per_rank[1]) == sorted(list(range(1, 41, 2)) * 2)
