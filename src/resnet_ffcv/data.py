@@ -3,24 +3,205 @@
 FFCV's pipelines end in uint8: normalization happens on the device in the LightningModule (a normalize inside
 the pipeline can hang forever on the CPU in ffcv 1.0.2, and uint8 moves 4x fewer bytes to the GPU).
 Loaders are built inside the dataloader hooks because ``distributed=True`` needs the process group.
+
+Three things FFCV's ``Loader`` does not do on its own under Lightning, done here:
+
+- Epoch order follows the trainer. FFCV shuffles by its own counter ``next_epoch``, which starts at 0 in every
+  process and is bumped by every ``iter()``; Lightning calls ``iter()`` at different points (and sometimes
+  twice) per epoch. :class:`EpochLoader` sets the epoch explicitly each time it starts one.
+- Mid-epoch resume. The datamodule's ``state_dict`` (which Lightning stores in every checkpoint) holds the
+  epoch and the batches Lightning had consumed in it; the next iterator for that epoch yields exactly the
+  rest of the epoch's order (:class:`ResumableOrder`), without decoding what is skipped.
+- No leaks. An FFCV ``EpochIterator`` that is not run to its end keeps its thread and its batch buffers alive
+  forever (ffcv issues #345, #393): max_steps, limit_*_batches, early stopping and interruptions all do that.
+  :class:`EpochLoader` keeps one live iterator and stops it before starting the next, and on ``teardown``.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
-from typing import Literal
+from queue import Empty
+from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 
 from resnet_ffcv.writer import CLASSES_FILE, load_classes
 
 Order = Literal["random", "quasi_random", "sequential"]
+# epoch -> (train resolution, per-device batch size or None for the configured one): callbacks/resolution.py
+TrainSchedule = Callable[[int], tuple[int, int | None]]
+
+IMAGE_FIELD = "image"
+LABEL_FIELD = "label"
+# FFCV itself takes any crop size (33 px works); multiples of 8 keep channels_last convolutions on tensor-core
+# friendly shapes and the ResNet stages' feature maps whole.
+RESOLUTION_MULTIPLE = 8
 
 
 def cores_per_rank(devices_per_node: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // max(1, devices_per_node))
+
+
+def check_resolution(resolution: int, key: str) -> int:
+    if not isinstance(resolution, int) or resolution <= 0 or resolution % RESOLUTION_MULTIPLE:
+        raise ValueError(
+            f"{key}={resolution!r}: expected a positive multiple of {RESOLUTION_MULTIPLE} pixels"
+        )
+    return resolution
+
+
+def inspect_ffcv(path: Path, num_classes: int) -> int:
+    """Checks that ``path`` is a readable .ffcv file with our fields and labels in range; returns its length.
+
+    Reads only the header and the per-sample metadata (labels live there), so it is fast even for ImageNet.
+    """
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.reader import Reader
+
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: missing .ffcv file (check data.data_dir / data.train_file / data.val_file)"
+        )
+    try:
+        reader = Reader(str(path))
+    except Exception as error:  # numpy / ffcv errors say nothing about which file
+        raise ValueError(f"{path}: not a readable .ffcv file ({type(error).__name__}: {error})") from error
+    expected = {IMAGE_FIELD: RGBImageField, LABEL_FIELD: IntField}
+    found = {name: type(handler).__name__ for name, handler in reader.handlers.items()}
+    for name, field_type in expected.items():
+        if name not in reader.handlers:
+            raise ValueError(
+                f"{path}: no field {name!r} (fields: {found}); expected {IMAGE_FIELD!r} and {LABEL_FIELD!r}"
+            )
+        if not isinstance(reader.handlers[name], field_type):
+            raise ValueError(f"{path}: field {name!r} is {found[name]}, expected {field_type.__name__}")
+    if reader.num_samples == 0:
+        raise ValueError(f"{path}: holds no samples")
+    labels = reader.metadata[f"f{list(reader.handlers).index(LABEL_FIELD)}"]
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise ValueError(
+            f"{path}: label {int(labels[bad[0]])} at sample {int(bad[0])} is outside 0..{num_classes - 1} "
+            f"(data.num_classes={num_classes}; {bad.size} samples out of range)"
+        )
+    return int(reader.num_samples)
+
+
+class ResumableOrder:
+    """FFCV's own order for an epoch, cut to whole batches, minus the samples a resumed run already consumed.
+
+    Installed as ``loader.traversal_order`` after the Loader is built (its constructor cannot take a custom
+    order instance in 1.0.2: it calls the instance); FFCV only ever calls ``sample_order`` on it.
+    ``len(loader)`` still counts the whole epoch, which is what Lightning's fit loop needs on a resume (see
+    :meth:`FFCVDataModule.state_dict`).
+    """
+
+    def __init__(self, inner, batch_size: int, drop_last: bool):
+        self.inner = inner
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.skip: tuple[int, int] | None = None  # (epoch, samples already consumed in it)
+
+    def sample_order(self, epoch: int) -> np.ndarray:
+        order = np.asarray(self.inner.sample_order(epoch))
+        if self.drop_last:
+            order = order[: len(order) // self.batch_size * self.batch_size]
+        if self.skip is not None and self.skip[0] == epoch:
+            order = order[self.skip[1] :]
+        return order
+
+
+class EpochLoader:
+    """One FFCV ``Loader`` with at most one live ``EpochIterator``, the epoch set explicitly each time.
+
+    The FFCV iterator starts at the first ``next()``, not at ``iter()``: Lightning calls ``iter()`` twice on
+    epochs that reload dataloaders and creates the train iterator before ``on_train_epoch_start`` on the first
+    epoch and after a resume, so starting lazily decodes nothing twice and sees the state the epoch hooks set.
+
+    Args:
+        loader: the FFCV Loader.
+        before_epoch: called just before an epoch starts; returns the epoch whose order to serve.
+    """
+
+    def __init__(self, loader, before_epoch: Callable[[EpochLoader], int] | None = None):
+        self.loader = loader
+        self.before_epoch = before_epoch
+        self.order: ResumableOrder | None = (
+            loader.traversal_order if isinstance(loader.traversal_order, ResumableOrder) else None
+        )
+        self._live = None
+        self.epoch: int | None = None
+        self.batches_done = 0  # batches of ``epoch`` handed out so far, including those skipped on a resume
+
+    @property
+    def batch_size(self) -> int:
+        return self.loader.batch_size
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        self.close()
+        return self._batches()
+
+    def _batches(self) -> Iterator:
+        epoch = self.before_epoch(self) if self.before_epoch is not None else 0
+        self.loader.next_epoch = epoch
+        skip = self.order.skip if self.order is not None else None
+        skipped = skip[1] // self.batch_size if skip is not None and skip[0] == epoch else 0
+        self.close()
+        self.epoch, self.batches_done = epoch, skipped
+        live = self._live = iter(self.loader)
+        try:
+            for batch in live:
+                self.batches_done += 1
+                yield batch
+        finally:
+            # Runs when the epoch ends, and when this generator is closed or collected half-way (maybe after a
+            # newer epoch started: stop only this generator's own iterator).
+            stop_epoch_iterator(live)
+            if self._live is live:
+                self._live = None
+
+    def close(self) -> None:
+        """Stops the live FFCV iterator's thread and frees its buffers."""
+        iterator, self._live = self._live, None
+        if iterator is not None:
+            stop_epoch_iterator(iterator)
+
+    # Lightning's fit loop warns that a mid-epoch checkpoint cannot resume unless every train loader has
+    # state_dict/load_state_dict. This one does resume exactly; its state lives in FFCVDataModule.state_dict.
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
+
+
+def stop_epoch_iterator(iterator) -> None:
+    """Ends an FFCV ``EpochIterator`` within one batch: its thread exits, so its buffers can be freed.
+
+    FFCV's own ``close()`` only sets an event that the thread reads when its output queue stays full, so an
+    abandoned thread decodes on and never exits (ffcv #345, #393). Cut its batch list, and drain the queue so
+    its final ``put`` cannot block; then release the memory context once, when no batch is being decoded.
+    """
+    iterator.terminate_event.set()
+    iterator.iter_ixes = iter(())
+    while iterator.is_alive():
+        with suppress(Empty):
+            iterator.output_queue.get(timeout=0.05)
+    iterator.join()
+    if not iterator.closed:
+        iterator.close()
+        iterator.closed = True
+    iterator.memory_allocations = None
 
 
 class FFCVDataModule(L.LightningDataModule):
@@ -31,18 +212,22 @@ class FFCVDataModule(L.LightningDataModule):
         train_file: training split, relative to ``data_dir``.
         val_file: validation split, relative to ``data_dir``.
         batch_size: per device (the global batch is ``batch_size * devices * num_nodes``).
-        val_batch_size: per device for validation; defaults to ``batch_size``.
+        global_batch_size: if set, replaces ``batch_size``: split evenly over all ranks (must divide).
+        val_batch_size: per device for validation; defaults to the training batch size.
         num_workers: FFCV decode threads per rank; default: the CPU cores divided by the ranks on this node.
-        train_resolution: side of the random-resized crop, in pixels.
-        val_resolution: side of the centre crop, in pixels.
+        train_resolution: side of the random-resized crop, in pixels (a multiple of 8); the
+            ``ProgressiveResolution`` callback overrides it per epoch.
+        val_resolution: side of the centre crop, in pixels (a multiple of 8).
         val_crop_ratio: centre crop side / short image side (224/256 as in the classic ImageNet protocol).
         scale: random-resized-crop area range, as a fraction of the image.
         ratio: random-resized-crop aspect ratio range.
-        order: training order on one device; under DDP always ``random`` (FFCV has no distributed quasi-random).
+        order: training order on one device: ``random``, ``quasi_random`` (reads pages in bursts; for data
+            that does not fit in RAM, with ``os_cache: false``) or ``sequential``. Under DDP always
+            ``random`` (FFCV has no distributed quasi-random).
         os_cache: let the OS page cache hold the whole file (FFCV's fast mode when it fits in RAM).
         batches_ahead: batches FFCV prepares ahead of the one in use.
-        drop_last: drop the last incomplete training batch.
-        seed: shuffling seed, identical on all ranks.
+        drop_last: drop the last incomplete training batch (each rank's).
+        seed: shuffling seed, identical on all ranks; epoch k's order depends only on (seed, k).
         num_classes: class count; by default the length of ``classes.json``.
     """
 
@@ -52,6 +237,7 @@ class FFCVDataModule(L.LightningDataModule):
         train_file: str = "train.ffcv",
         val_file: str = "val.ffcv",
         batch_size: int = 256,
+        global_batch_size: int | None = None,
         val_batch_size: int | None = None,
         num_workers: int | None = None,
         train_resolution: int = 160,
@@ -72,10 +258,25 @@ class FFCVDataModule(L.LightningDataModule):
         self.val_path = self.data_dir / val_file
         self.classes_path = self.data_dir / CLASSES_FILE
         self.num_classes = num_classes if num_classes is not None else self._count_classes()
-        # num_classes is logged with the model's hparams (the CLI links it there); here it may still read None.
+        # num_classes is logged with the model's hparams (the CLI links it there); here it may read None.
         self.save_hyperparameters(ignore=["num_classes"])
-        self.train_resolution = train_resolution
-        self._train_decoder = None
+        self.train_resolution = check_resolution(train_resolution, "data.train_resolution")
+        check_resolution(val_resolution, "data.val_resolution")
+        if batch_size < 1 or (global_batch_size is not None and global_batch_size < 1):
+            raise ValueError(
+                f"data.batch_size={batch_size}, data.global_batch_size={global_batch_size}: expected >= 1"
+            )
+        self.train_batch_size: int | None = None  # from a TrainSchedule stage; None: the configured one
+        self._schedule: TrainSchedule | None = None
+        self._train_loaders: dict[
+            int, EpochLoader
+        ] = {}  # by batch size: a new size means a new (compiled) Loader
+        self._val_loader: EpochLoader | None = None
+        self._standalone_epoch = 0  # the epoch counter when no Trainer is attached
+        self._resume: dict[str, int] | None = None
+        self._last_train: EpochLoader | None = None
+        self._sizes: dict[Path, int] = {}
+        self._placement: tuple | None = None  # (rank, world size, device) the cached loaders were built for
 
     def _count_classes(self) -> int:
         if not self.classes_path.is_file():
@@ -89,41 +290,158 @@ class FFCVDataModule(L.LightningDataModule):
     def class_names(self) -> list[str] | None:
         return load_classes(self.classes_path) if self.classes_path.is_file() else None
 
-    def setup(self, stage: str) -> None:
-        needed = [self.train_path, self.val_path] if stage == "fit" else [self.val_path]
-        for path in needed:
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"{path}: missing .ffcv file (check data.data_dir / data.train_file / data.val_file)"
-                )
+    # -- ranks -----------------------------------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
 
-    # -- the surface callbacks use -------------------------------------------------------------------------------
-    def set_train_resolution(self, resolution: int) -> None:
-        """Takes effect at the next ``iter(loader)``, without recompiling the pipeline."""
-        self.train_resolution = resolution
-        if self._train_decoder is not None:
-            self._train_decoder.output_size = (resolution, resolution)
+    @property
+    def global_rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
 
-    # -- loaders ---------------------------------------------------------------------------------------------------
     def _distributed(self) -> bool:
-        return self.trainer is not None and self.trainer.world_size > 1
+        return self.world_size > 1
 
     def _device(self) -> torch.device:
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
-    def _loader(self, path: Path, image_decoder, batch_size: int, order, drop_last: bool, augment: bool):
+    def configured_batch_size(self) -> int:
+        """Per-device training batch size from ``batch_size`` or ``global_batch_size``."""
+        global_batch = self.hparams.global_batch_size
+        if global_batch is None:
+            return self.hparams.batch_size
+        if global_batch % self.world_size:
+            raise ValueError(
+                f"data.global_batch_size={global_batch} does not divide across {self.world_size} ranks "
+                "(trainer.devices x trainer.num_nodes)"
+            )
+        return global_batch // self.world_size
+
+    # -- checks before training ------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Fails fast, naming the file / key / value, before any pipeline is compiled or a GPU is touched."""
+        placement = (self.global_rank, self.world_size, str(self._device()))
+        if placement != self._placement:  # e.g. the same datamodule handed to another Trainer
+            self.teardown(stage)
+            self._train_loaders, self._val_loader, self._placement = {}, None, placement
+        paths = [self.train_path, self.val_path] if stage == "fit" else [self.val_path]
+        for path in paths:
+            if path not in self._sizes:
+                self._sizes[path] = inspect_ffcv(path, self.num_classes)
+        if stage == "fit":
+            self.check_train_batch_size(self.configured_batch_size(), "data.batch_size")
+        if self._sizes[self.val_path] < self.world_size:
+            raise ValueError(
+                f"{self.val_path}: {self._sizes[self.val_path]} samples for {self.world_size} ranks: "
+                "expected at least one per rank"
+            )
+
+    def check_train_batch_size(self, batch_size: int, key: str) -> None:
+        """Each rank must get at least one full batch of ``batch_size``; ``key`` names the setting."""
+        samples = self._sizes.get(self.train_path) or inspect_ffcv(self.train_path, self.num_classes)
+        per_rank = math.ceil(samples / self.world_size)
+        if self.hparams.drop_last and per_rank < batch_size:
+            raise ValueError(
+                f"{key}={batch_size}: {self.train_path} has {samples} samples, {per_rank} per rank for "
+                f"{self.world_size} ranks: not one full batch (lower it or set data.drop_last: false)"
+            )
+
+    # -- the surface callbacks use ---------------------------------------------------------------------------
+    def set_train_resolution(self, resolution: int) -> None:
+        """Takes effect when the next training epoch starts, without recompiling the pipeline."""
+        self.train_resolution = check_resolution(resolution, "train resolution")
+
+    def set_train_schedule(self, schedule: TrainSchedule | None) -> None:
+        """Asked for (resolution, batch size) of epoch k each time a train loader or train epoch is prepared.
+
+        Both moments matter: Lightning builds the loader (batch size) and creates its iterator before
+        ``on_train_epoch_start`` on the first epoch, after a resume and after a reload, so an epoch hook alone
+        would give the first resumed epoch the previous stage's settings.
+        """
+        self._schedule = schedule
+
+    def _apply_schedule(self, epoch: int) -> None:
+        if self._schedule is not None:
+            resolution, batch_size = self._schedule(epoch)
+            self.set_train_resolution(resolution)
+            self.train_batch_size = batch_size
+
+    def train_epoch(self) -> int:
+        """The epoch whose order the next training iterator serves.
+
+        Under a Trainer this is ``fit_loop.epoch_progress.current.processed``, the value Lightning itself
+        gives ``sampler.set_epoch``: ``current_epoch`` still holds the previous epoch when the first iterator
+        is created after resuming from an end-of-epoch checkpoint.
+        """
+        if self.trainer is not None:
+            return self.trainer.fit_loop.epoch_progress.current.processed
+        return self._standalone_epoch
+
+    # -- resume state (Lightning stores it in every checkpoint) ----------------------------------------------
+    def state_dict(self) -> dict[str, int]:
+        """The training epoch in progress and the batches already consumed in it (Lightning's own count).
+
+        How Lightning's fit loop (2.6) resumes mid-epoch, which this matches: it restores
+        ``batch_progress.current`` (m batches done), numbers the next batch ``batch_idx = m``, starts its
+        fetcher's count at m, and ends the epoch when ``ready == num_training_batches`` (or the iterator is
+        exhausted). So the loader's ``len()`` must stay the WHOLE epoch's batch count N while the iterator
+        yields the N - m remaining batches. A loader whose len() shrank to N - m would end the epoch after N -
+        2m batches when m < N/2 and would number batches past its own len() otherwise.
+        """
+        loader = self._last_train
+        if loader is None or loader.epoch is None:
+            return {}
+        if self.trainer is not None:
+            # ``processed`` counts the batches whose step has run: it is m at on_train_batch_end of the m-th
+            # batch (``completed`` lags by one there), and N at the epoch's end.
+            batches = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        else:
+            batches = loader.batches_done
+        return {
+            "epoch": loader.epoch,
+            "batches": batches,
+            "batch_size": loader.batch_size,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            self._resume = None
+            return
+        self._resume = {key: int(value) for key, value in state_dict.items()}
+        self._standalone_epoch = self._resume["epoch"]
+
+    def _skip_for(self, epoch: int, batch_size: int) -> tuple[int, int] | None:
+        resume = self._resume
+        if resume is None or resume["epoch"] != epoch or resume["batches"] == 0:
+            return None
+        if resume["batch_size"] != batch_size or resume["world_size"] != self.world_size:
+            warnings.warn(
+                f"resuming epoch {epoch} after {resume['batches']} batches of {resume['batch_size']} on "
+                f"{resume['world_size']} ranks with batches of {batch_size} on {self.world_size} ranks: "
+                "the rest of the epoch is approximate (some samples repeat or are skipped)",
+                stacklevel=2,
+            )
+        return epoch, resume["batches"] * batch_size
+
+    # -- loaders ---------------------------------------------------------------------------------------------
+    def _pipelines(self, image_decoder, augment: bool) -> dict[str, list]:
         from ffcv.fields.decoders import IntDecoder
-        from ffcv.loader import Loader
         from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
-        device = self._device()
-        on_gpu = device.type == "cuda"
         image = [image_decoder, *([RandomHorizontalFlip()] if augment else []), ToTensor()]
-        label = [IntDecoder(), ToTensor(), Squeeze()]
-        if on_gpu:
+        # Squeeze(1), not Squeeze(): a last batch of one sample must keep its batch dimension.
+        label = [IntDecoder(), ToTensor(), Squeeze(1)]
+        device = self._device()
+        if device.type == "cuda":
             image.append(ToDevice(device, non_blocking=True))
             label.append(ToDevice(device, non_blocking=True))
         image.append(ToTorchImage())
+        return {IMAGE_FIELD: image, LABEL_FIELD: label}
+
+    def _ffcv_loader(self, path: Path, pipelines, batch_size: int, order, drop_last: bool, **kwargs):
+        from ffcv.loader import Loader
+
         devices = self.trainer.num_devices if self.trainer is not None else 1
         return Loader(
             str(path),
@@ -132,41 +450,97 @@ class FFCVDataModule(L.LightningDataModule):
             order=order,
             os_cache=self.hparams.os_cache,
             drop_last=drop_last,
-            pipelines={"image": image, "label": label},
-            distributed=self._distributed(),
+            pipelines=pipelines,
             seed=self.hparams.seed,
             batches_ahead=self.hparams.batches_ahead,
+            **kwargs,
         )
 
-    def train_dataloader(self):
+    def _build_train_loader(self, batch_size: int) -> EpochLoader:
         from ffcv.fields.decoders import RandomResizedCropRGBImageDecoder
         from ffcv.loader import OrderOption
 
         order = OrderOption.RANDOM if self._distributed() else OrderOption[self.hparams.order.upper()]
-        self._train_decoder = RandomResizedCropRGBImageDecoder(
+        decoder = RandomResizedCropRGBImageDecoder(
             (self.train_resolution, self.train_resolution),
             scale=tuple(self.hparams.scale),
             ratio=tuple(self.hparams.ratio),
         )
-        loader = self._loader(
-            self.train_path, self._train_decoder, self.hparams.batch_size, order, self.hparams.drop_last, augment=True
+        pipelines = self._pipelines(decoder, augment=True)
+        # distributed=True: FFCV's DistributedSampler gives each rank a disjoint shard of one permutation.
+        loader = self._ffcv_loader(
+            self.train_path,
+            pipelines,
+            batch_size,
+            order,
+            self.hparams.drop_last,
+            distributed=self._distributed(),
         )
-        if self.trainer is not None:
-            # FFCV's shuffle counter starts at 0 in every process; follow the trainer so a resume keeps the order.
-            loader.next_epoch = self.trainer.current_epoch
-        return loader
+        loader.traversal_order = ResumableOrder(loader.traversal_order, batch_size, self.hparams.drop_last)
+        wrapped = EpochLoader(loader, before_epoch=self._start_train_epoch)
+        wrapped.decoder = decoder
+        return wrapped
 
-    def val_dataloader(self):
+    def _start_train_epoch(self, loader: EpochLoader) -> int:
+        epoch = self.train_epoch()
+        self._apply_schedule(epoch)
+        expected = self.train_batch_size or self.configured_batch_size()
+        if expected != loader.batch_size:
+            raise RuntimeError(
+                f"epoch {epoch} wants a per-device batch size of {expected}, the train loader has "
+                f"{loader.batch_size}: set trainer.reload_dataloaders_every_n_epochs: 1 to rebuild it"
+            )
+        loader.decoder.output_size = (self.train_resolution, self.train_resolution)
+        loader.order.skip = self._skip_for(epoch, loader.batch_size)
+        if self.trainer is None:
+            self._standalone_epoch = epoch + 1
+        self._last_train = loader
+        return epoch
+
+    def train_dataloader(self) -> EpochLoader:
+        self._apply_schedule(self.train_epoch())
+        batch_size = self.train_batch_size or self.configured_batch_size()
+        if batch_size not in self._train_loaders:
+            self.check_train_batch_size(batch_size, "train batch size")
+            self._train_loaders[batch_size] = self._build_train_loader(batch_size)
+        for other in self._train_loaders.values():
+            other.close()
+        return self._train_loaders[batch_size]
+
+    def val_dataloader(self) -> EpochLoader:
+        """Each rank evaluates its own slice (rank, rank + world, ...) of the file, every sample exactly once.
+
+        Not FFCV's ``distributed=True``: its DistributedSampler pads the ranks' shares to equal length by
+        repeating samples, and the synced metrics would count those twice.
+        """
         from ffcv.fields.decoders import CenterCropRGBImageDecoder
         from ffcv.loader import OrderOption
 
-        resolution = self.hparams.val_resolution
-        decoder = CenterCropRGBImageDecoder((resolution, resolution), ratio=self.hparams.val_crop_ratio)
-        batch_size = self.hparams.val_batch_size or self.hparams.batch_size
-        return self._loader(self.val_path, decoder, batch_size, OrderOption.SEQUENTIAL, drop_last=False, augment=False)
+        if self._val_loader is None:
+            resolution = self.hparams.val_resolution
+            decoder = CenterCropRGBImageDecoder((resolution, resolution), ratio=self.hparams.val_crop_ratio)
+            samples = self._sizes.get(self.val_path) or inspect_ffcv(self.val_path, self.num_classes)
+            shard = np.arange(self.global_rank, samples, self.world_size)
+            batch_size = self.hparams.val_batch_size or self.configured_batch_size()
+            loader = self._ffcv_loader(
+                self.val_path,
+                self._pipelines(decoder, augment=False),
+                batch_size,
+                OrderOption.SEQUENTIAL,
+                drop_last=False,
+                indices=shard,
+            )
+            self._val_loader = EpochLoader(loader)
+        return self._val_loader
 
-    def test_dataloader(self):
+    def test_dataloader(self) -> EpochLoader:
         return self.val_dataloader()
 
-    def predict_dataloader(self):
+    def predict_dataloader(self) -> EpochLoader:
         return self.val_dataloader()
+
+    def teardown(self, stage: str) -> None:
+        """Stops any iterator an early end (max_steps, limits, early stop, interruption) left running."""
+        for loader in [*self._train_loaders.values(), self._val_loader]:
+            if loader is not None:
+                loader.close()

@@ -1,0 +1,35 @@
+"""Run by test_data_ddp.py: 2 epochs of DDP on 2 CPU processes (gloo); each rank writes what it was fed.
+
+    python tests/ddp_probe.py DATA_DIR OUT_DIR
+
+Lightning's ``ddp`` strategy starts rank 1 by running this same command again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+from data_helpers import ProbeModule, trainer_kwargs
+
+from resnet_ffcv.callbacks import ProgressiveResolution
+from resnet_ffcv.data import FFCVDataModule
+
+
+def main(data_dir: str, out_dir: str) -> None:
+    # FFCV's ramp: 32 px on epoch 0, 64 px from epoch 1.
+    ramp = ProgressiveResolution(min_res=32, max_res=64, start_ramp=0, end_ramp=1, round_to=32)
+    trainer = L.Trainer(**trainer_kwargs(strategy="ddp", devices=2, max_epochs=2, callbacks=[ramp]))
+    data = FFCVDataModule(
+        data_dir, batch_size=8, val_batch_size=10, num_workers=1, train_resolution=32, val_resolution=32
+    )
+    model = ProbeModule()
+    trainer.fit(model, datamodule=data)
+    record = {"train": model.train_seen, "val": model.val_seen, "val_synced": model.val_synced}
+    (Path(out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,132 @@
+"""ProgressiveResolution: FFCV's ramp and explicit stages, per epoch, through Lightning and a resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+from data_helpers import ProbeModule, trainer_kwargs, write_indexed_ffcv
+from jsonargparse import ArgumentParser
+
+from resnet_ffcv.callbacks import ProgressiveResolution, Stage
+from resnet_ffcv.callbacks.resolution import ramp_resolution
+from resnet_ffcv.data import FFCVDataModule
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_data.py
+
+
+def test_ramp_is_ffcvs_rn50_schedule():
+    # ffcv-imagenet rn50 configs: min_res 160, max_res 192, start_ramp 65 (epochs), end_ramp 76.
+    expected = {0: 160, 65: 160, 66: 160, 70: 160, 71: 192, 75: 192, 76: 192, 87: 192}
+    assert {epoch: ramp_resolution(epoch, 160, 192, 65, 76) for epoch in expected} == expected
+    # A longer ramp passes through the multiples of 32 in between.
+    assert [ramp_resolution(e, 160, 224, 10, 20) for e in (10, 12, 15, 18, 20)] == [160, 160, 192, 224, 224]
+    assert ProgressiveResolution(min_res=160, max_res=192, start_ramp=65, end_ramp=76).at(70) == (160, None)
+
+
+def test_stages_pick_the_latest_started_stage():
+    callback = ProgressiveResolution(stages=[Stage(0, 160), Stage(20, 192), Stage(40, 224, batch_size=128)])
+    assert [callback.at(epoch) for epoch in (0, 19, 20, 39, 40, 99)] == [
+        (160, None),
+        (160, None),
+        (192, None),
+        (192, None),
+        (224, 128),
+        (224, 128),
+    ]
+    assert callback.changes_batch_size
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"stages": [Stage(1, 160)]}, r"stages\[0\]\.start_epoch=1: expected 0"),
+        ({"stages": [Stage(0, 160), Stage(0, 192)]}, r"stages\[1\]\.start_epoch=0: expected start epochs"),
+        (
+            {"stages": [Stage(0, 160), Stage(5, 100)]},
+            r"stages\[1\]\.resolution=100: expected a positive multiple",
+        ),
+        ({"stages": [Stage(0, 160, batch_size=0)]}, r"stages\[0\]\.batch_size=0: expected >= 1"),
+        ({"min_res": 200, "max_res": 192}, r"min_res=200, max_res=192"),
+        ({"max_res": 190}, r"max_res=190: expected a positive multiple of 8"),
+    ],
+)
+def test_bad_schedules_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ProgressiveResolution(**kwargs)
+
+
+def test_stages_parse_from_yaml_config():
+    parser = ArgumentParser()
+    parser.add_class_arguments(ProgressiveResolution, "resolution")
+    config = parser.parse_string(
+        "resolution:\n  stages:\n    - {start_epoch: 0, resolution: 160}\n"
+        "    - {start_epoch: 20, resolution: 192, batch_size: 512}\n"
+    )
+    callback = parser.instantiate_classes(config).resolution
+    assert callback.at(25) == (192, 512)
+
+
+@pytest.fixture(scope="module")
+def indexed_dir(tmp_path_factory) -> Path:
+    return write_indexed_ffcv(tmp_path_factory.mktemp("indexed"), train=64, val=8)
+
+
+def datamodule(data_dir: Path) -> FFCVDataModule:
+    # train_resolution 64 is what the schedule must override, from the very first batch.
+    return FFCVDataModule(str(data_dir), batch_size=8, num_workers=2, train_resolution=64, val_resolution=32)
+
+
+def test_batch_size_stages_need_reloading_loaders(indexed_dir):
+    callback = ProgressiveResolution(stages=[Stage(0, 32), Stage(1, 40, batch_size=16)])
+    trainer = L.Trainer(**trainer_kwargs(max_epochs=1, callbacks=[callback]))
+    with pytest.raises(ValueError, match=r"set trainer\.reload_dataloaders_every_n_epochs: 1 \(now 0\)"):
+        trainer.fit(ProbeModule(), datamodule=datamodule(indexed_dir))
+
+
+class SaveAtEpochEnd(L.Callback):
+    """Writes a checkpoint in on_train_epoch_end, where ModelCheckpoint writes its end-of-epoch ones."""
+
+    def __init__(self, path: Path, epoch: int):
+        self.path, self.epoch = path, epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            trainer.save_checkpoint(self.path)
+
+
+def seen_per_epoch(module: ProbeModule) -> dict[int, tuple[set[int], set[int], int]]:
+    """epoch -> (resolutions, batch sizes, batches)."""
+    out: dict[int, tuple[set[int], set[int], int]] = {}
+    for epoch, _, resolution, labels in module.train_seen:
+        resolutions, sizes, count = out.get(epoch, (set(), set(), 0))
+        out[epoch] = (resolutions | {resolution}, sizes | {len(labels)}, count + 1)
+    return out
+
+
+def test_stages_through_lightning_and_a_resume(indexed_dir, tmp_path):
+    """Epoch 0 gets stage 0 (not the datamodule's 64 px); the first epoch after a resume gets its own stage.
+
+    Resuming from an end-of-epoch checkpoint is the case where Lightning builds the loader while
+    ``trainer.current_epoch`` still reads the finished epoch.
+    """
+    stages = [Stage(0, 32), Stage(1, 40), Stage(2, 48, batch_size=16)]
+    checkpoint = tmp_path / "epoch1.ckpt"
+    common = {"reload_dataloaders_every_n_epochs": 1, "limit_val_batches": 0}
+
+    first = ProbeModule()
+    callbacks = [ProgressiveResolution(stages=stages), SaveAtEpochEnd(checkpoint, 1)]
+    L.Trainer(**trainer_kwargs(max_epochs=2, callbacks=callbacks, **common)).fit(
+        first, datamodule=datamodule(indexed_dir)
+    )
+    assert seen_per_epoch(first) == {0: ({32}, {8}, 8), 1: ({40}, {8}, 8)}
+
+    second = ProbeModule()
+    trainer = L.Trainer(
+        **trainer_kwargs(max_epochs=4, callbacks=[ProgressiveResolution(stages=stages)], **common)
+    )
+    trainer.fit(second, datamodule=datamodule(indexed_dir), ckpt_path=checkpoint)
+    assert seen_per_epoch(second) == {2: ({48}, {16}, 4), 3: ({48}, {16}, 4)}
+    assert trainer.callback_metrics["train/resolution"].item() == 48
+    assert trainer.callback_metrics["train/batch_size"].item() == 16
