@@ -11,9 +11,10 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from data_helpers import ProbeModule, trainer_kwargs, write_indexed_ffcv
 
 from resnet_ffcv.data import FFCVDataModule
+
+from .data_helpers import ProbeModule, trainer_kwargs, write_indexed_ffcv
 
 BATCH = 8  # 80 training samples: 10 batches per epoch
 # numba 0.68's dispatcher finalizer raises a KeyError when a compiled FFCV pipeline is garbage-collected.

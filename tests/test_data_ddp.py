@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from data_helpers import write_indexed_ffcv
 from torch.utils.data import DistributedSampler
+
+from .data_helpers import write_indexed_ffcv
 
 PROBE = Path(__file__).with_name("ddp_probe.py")
 

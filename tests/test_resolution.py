@@ -6,12 +6,13 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from data_helpers import ProbeModule, trainer_kwargs, write_indexed_ffcv
 from jsonargparse import ArgumentParser
 
 from resnet_ffcv.callbacks import ProgressiveResolution, Stage
 from resnet_ffcv.callbacks.resolution import ramp_resolution
 from resnet_ffcv.data import FFCVDataModule
+
+from .data_helpers import ProbeModule, trainer_kwargs, write_indexed_ffcv
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_data.py
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from jsonargparse import auto_cli
 from lightning.pytorch.cli import LightningCLI
 
+from resnet_ffcv.callbacks.resolution import ProgressiveResolution
 from resnet_ffcv.data import FFCVDataModule
 from resnet_ffcv.model import ImageClassifier
 from resnet_ffcv.wandb_setup import fall_back_to_offline_without_credentials
@@ -24,6 +25,9 @@ class ResNetCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The class count comes from the data (classes.json), never typed twice.
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        # Always present, off unless configured: a recipe config sets single keys (resolution.start_ramp: 41)
+        # where a callbacks list could only be replaced whole.
+        parser.add_lightning_class_args(ProgressiveResolution, "resolution")
 
     def before_instantiate_classes(self) -> None:
         logger = self.config[self.subcommand].trainer.logger if self.subcommand else None
@@ -42,7 +46,14 @@ def parse_config_only(argv: list[str]):
     """The configuration ``resnet-ffcv fit ARGV`` would run with, without building model, data or Trainer."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # argv is not sys.argv here
-        return _ParseOnlyCLI(ImageClassifier, FFCVDataModule, run=False, args=argv, save_config_callback=None).config
+        return _ParseOnlyCLI(
+            ImageClassifier,
+            FFCVDataModule,
+            run=False,
+            args=argv,
+            save_config_callback=None,
+            auto_configure_optimizers=False,
+        ).config
 
 
 def doctor_command(argv: list[str]) -> None:
@@ -102,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         FFCVDataModule,
         # A spot restart reruns the same command into the same log directory.
         save_config_kwargs={"overwrite": True},
+        # The module owns its optimizer (weight-decay groups) and per-batch LR schedule: no --optimizer knobs.
+        auto_configure_optimizers=False,
         args=argv,
     )
 

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DistributedSampler
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -249,14 +250,18 @@ class ImageClassifier(L.LightningModule):
         return logits
 
     def _eval_total(self) -> int | None:
-        """The evaluation set's size where the loader tells (FFCV: ``indices``; a DataLoader: its dataset)."""
+        """The evaluation set's size when a ``DistributedSampler`` pads this rank's share, else None.
+
+        Our FFCVDataModule shards validation without padding (disjoint ``indices`` per rank), so nothing is
+        trimmed there; this covers plain DataLoaders, into which Lightning injects a padding DistributedSampler.
+        """
         loaders = self.trainer.test_dataloaders if self.trainer.testing else self.trainer.val_dataloaders
         if isinstance(loaders, (list, tuple)):
             loaders = loaders[0] if len(loaders) == 1 else None
-        if hasattr(loaders, "indices"):
-            return len(loaders.indices)
-        dataset = getattr(loaders, "dataset", None)
-        return len(dataset) if hasattr(dataset, "__len__") else None
+        sampler = getattr(loaders, "sampler", None)
+        if isinstance(sampler, DistributedSampler) and not sampler.drop_last:
+            return len(sampler.dataset)
+        return None
 
     def _real_count(self, batch_size: int) -> int:
         """Samples of this batch to count: under DDP the padding repeats of the last batches are dropped."""

@@ -51,6 +51,10 @@ class ProgressiveResolution(L.Callback):
     Logs ``train/resolution`` (the side of the batches actually served) and ``train/batch_size`` (the global
     batch: per-device batch x ranks).
 
+    Without ``stages`` and without the four ramp values the schedule is off: every epoch trains at
+    ``data.train_resolution``, and the resolution and batch size are still logged. The CLI always adds this
+    callback as the ``resolution:`` section of a config, so recipe configs can override single keys.
+
     Args:
         min_res: ramp start resolution in pixels (a multiple of 8).
         max_res: ramp end resolution in pixels (a multiple of 8).
@@ -67,18 +71,25 @@ class ProgressiveResolution(L.Callback):
 
     def __init__(
         self,
-        min_res: int = 160,
-        max_res: int = 192,
-        start_ramp: int = 65,
-        end_ramp: int = 76,
+        min_res: int | None = None,
+        max_res: int | None = None,
+        start_ramp: int | None = None,
+        end_ramp: int | None = None,
         round_to: int = 32,
         stages: list[Stage] | None = None,
     ):
         super().__init__()
         self.stages = [stage if isinstance(stage, Stage) else Stage(**stage) for stage in stages or []]
+        ramp = {"min_res": min_res, "max_res": max_res, "start_ramp": start_ramp, "end_ramp": end_ramp}
+        missing = [key for key, value in ramp.items() if value is None]
+        self.active = bool(self.stages) or not missing
         if self.stages:
             self._check_stages()
-        else:
+        elif 0 < len(missing) < len(ramp):
+            raise ValueError(
+                f"ProgressiveResolution: a ramp needs min_res, max_res, start_ramp and end_ramp; missing {missing}"
+            )
+        elif self.active:
             check_resolution(min_res, "ProgressiveResolution.min_res")
             check_resolution(max_res, "ProgressiveResolution.max_res")
             check_resolution(round_to, "ProgressiveResolution.round_to")
@@ -114,6 +125,8 @@ class ProgressiveResolution(L.Callback):
 
     def at(self, epoch: int) -> tuple[int, int | None]:
         """(resolution, per-device batch size or None) for ``epoch``."""
+        if not self.active:
+            raise ValueError("ProgressiveResolution: no stages and no ramp configured (the schedule is off)")
         if not self.stages:
             return ramp_resolution(
                 epoch, self.min_res, self.max_res, self.start_ramp, self.end_ramp, self.round_to
@@ -125,6 +138,8 @@ class ProgressiveResolution(L.Callback):
         if stage != "fit":
             return
         self._logged_epoch = None
+        if not self.active:
+            return
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "set_train_schedule"):
             raise TypeError(
