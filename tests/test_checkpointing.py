@@ -1,4 +1,4 @@
-"""The checkpoint directory survives kill -9, falls back past a truncated file, keeps the W&B run, stops at target.
+"""The checkpoint dir survives kill -9, falls back past a truncated file, keeps the W&B run, stops at target.
 
 One story in three CLI processes (each ~15-25 s: torch import and an FFCV pipeline compile):
 A trains epoch 0; B resumes and is killed -9 while writing; C finds a truncated latest file, falls back to the
@@ -62,8 +62,9 @@ def test_checkpoint_directory_survives_crashes_and_resumes(tmp_path, ffcv_dir):
     assert load(checkpoints / "checkpoint_latest.ckpt")["global_step"] == epoch0_step  # previous file intact
     assert list(checkpoints.glob(".checkpoint_latest.ckpt.*.tmp"))  # the half-done write is only a temp file
 
-    # C: a truncated latest file -> fall back to the newest loadable periodic file, say so, continue the W&B run;
-    # the target accuracy (tiny here) is reached after the first validation and training stops before max_epochs.
+    # C: a truncated latest file -> fall back to the newest loadable periodic file, say so, continue the W&B
+    # run; the target accuracy (tiny here) is reached after the first validation and training stops before
+    # max_epochs.
     latest = checkpoints / "checkpoint_latest.ckpt"
     half = latest.read_bytes()[: latest.stat().st_size // 2]
     latest.unlink()  # a new file: the old name may be a hard link shared with a periodic checkpoint
@@ -84,8 +85,8 @@ def test_checkpoint_directory_survives_crashes_and_resumes(tmp_path, ffcv_dir):
     assert f"W&B run id {run_id} (continued" in c.output
     assert offline_run_ids(logs) == {run_id}
 
-    # D (in-process: the check runs before the Trainer, no need for another CLI process): a checkpoint from another
-    # architecture stops with a clear error.
+    # D (in-process: the check runs before the Trainer, no need for another CLI process): a checkpoint from
+    # another architecture stops with a clear error.
     with pytest.raises(
         IncompatibleCheckpointError, match="model.arch='resnet18' in the checkpoint, 'resnet34'"
     ):

@@ -5,9 +5,10 @@
 
 Every argument is settable in YAML and overridable on the command line; ``--print_config`` shows the result.
 
-``fit`` resumes by itself: with no ``--ckpt_path`` it continues from ``checkpoint_latest.ckpt`` in the checkpoint
-callback's ``dirpath`` (or the newest loadable ``checkpoint_epoch_N.ckpt``), and a W&B logger continues the same run.
-Exit codes: 0 finished, 75 interrupted with a checkpoint saved (rerun the same command), anything else failed.
+``fit`` resumes by itself: with no ``--ckpt_path`` it continues from ``checkpoint_latest.ckpt`` in the
+checkpoint callback's ``dirpath`` (or the newest loadable ``checkpoint_epoch_N.ckpt``), and a W&B logger
+continues the same run. Exit codes: 0 finished, 75 interrupted with a checkpoint saved (rerun the same
+command), anything else failed.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def configured_checkpoint_dir(trainer) -> Path | None:
 
 
 def resolve_resume_path(trainer, ckpt_path: str | None) -> str | None:
-    """An explicit ``ckpt_path`` wins; else the checkpoint directory's latest (or newest loadable periodic) file."""
+    """An explicit ``ckpt_path`` wins; else the checkpoint dir's latest (or newest loadable periodic) file."""
     if ckpt_path is not None:
         rank_zero_info(f"Resuming from {ckpt_path} (--ckpt_path)")
         return ckpt_path
@@ -110,8 +111,8 @@ def check_compatible(path: Path, model) -> None:
 def continue_wandb_run(trainer, checkpoint_dir: Path, resuming: bool) -> None:
     """A resumed run logs into the same W&B run: its id lives in the checkpoint directory.
 
-    WandbLogger already passes ``resume="allow"``; the id reaches ``wandb.init`` through ``WANDB_RUN_ID``, which
-    DDP ranks started later inherit. An id set in the config or the environment wins.
+    WandbLogger already passes ``resume="allow"``; the id reaches ``wandb.init`` through ``WANDB_RUN_ID``,
+    which DDP ranks started later inherit. An id set in the config or the environment wins.
     """
     loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
     if not loggers or loggers[0].version is not None or "WANDB_RUN_ID" in os.environ:

@@ -1,4 +1,4 @@
-"""The checkpoint directory a spot run can be killed over: atomic writes, a latest file, periodic files, the best.
+"""A checkpoint directory a spot run can be killed over: atomic writes, latest, periodic and best files.
 
 Layout of ``dirpath`` (the seed's names):
 
@@ -8,9 +8,10 @@ Layout of ``dirpath`` (the seed's names):
     best_model.ckpt             the epoch with the best ``monitor`` value so far
     wandb_run_id.txt            the W&B run id, so a restarted run continues the same W&B run (see cli.py)
 
-Each epoch serializes the state once (``checkpoint_latest.ckpt``); best and periodic files are hard links to that
-file (a copy where the filesystem has no hard links), so three names cost one write. Linked names share their
-bytes, which is safe because nothing here rewrites a file in place: every write renames a new file into a name.
+Each epoch serializes the state once (``checkpoint_latest.ckpt``); best and periodic files are hard links to
+that file (a copy where the filesystem has no hard links), so three names cost one write. Linked names share
+their bytes, which is safe because nothing here rewrites a file in place: every write renames a new file into
+a name.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ _FILE_MODE = 0o666 & ~_current_umask()
 
 
 def _temp_path(target: Path) -> Path:
-    """An empty file beside ``target`` (same filesystem, so the final rename is atomic), with normal permissions."""
+    """An empty file beside ``target``: same filesystem, so the final rename is atomic."""
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600
     os.close(fd)
@@ -92,7 +93,7 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_link(source: Path, target: Path) -> None:
-    """``target`` becomes a second name of ``source`` in one rename; a copy where hard links are not allowed."""
+    """``target`` becomes a second name of ``source`` in one rename (a copy where hard links fail)."""
     temp = _temp_path(target)
     try:
         temp.unlink()
@@ -110,14 +111,14 @@ def atomic_link(source: Path, target: Path) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` into a temporary file in the target's directory, flush + fsync, ``os.replace``, fsync the dir.
+    """``torch.save`` into a temp file in the target's directory, flush + fsync, ``os.replace``, fsync dir.
 
-    Why not Lightning's own save: ``TorchCheckpointIO`` (``_atomic_save`` in lightning 2.6) serializes to memory and
-    writes through an fsspec transaction whose temporary file is made by ``tempfile.mkstemp()`` in the *system*
-    temp dir, then moved with ``shutil.move``: no fsync, and when /tmp is another filesystem than the checkpoint
-    dir (tmpfs vs. EBS/NVMe, the usual case on cloud machines) the move is a copy into the final name, so a kill in
-    the middle leaves a truncated checkpoint. A rename inside one directory is atomic on POSIX filesystems.
-    Local paths only.
+    Why not Lightning's own save: ``TorchCheckpointIO`` (``_atomic_save`` in lightning 2.6) serializes to
+    memory and writes through an fsspec transaction whose temporary file is made by ``tempfile.mkstemp()`` in
+    the *system* temp dir, then moved with ``shutil.move``: no fsync, and when /tmp is another filesystem than
+    the checkpoint dir (tmpfs vs. EBS/NVMe, the usual case on cloud machines) the move is a copy into the
+    final name, so a kill in the middle leaves a truncated checkpoint. A rename inside one directory is atomic
+    on POSIX filesystems. Local paths only.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
@@ -148,10 +149,11 @@ def _is_url(path: str) -> bool:
 class SpotCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint arranged for spot instances: one directory, fixed names, atomic writes.
 
-    ModelCheckpoint keeps the best-so-far bookkeeping (``best_model_score``, saved in every checkpoint and restored
-    on resume), the ``trainer.checkpoint_callback`` / ``ckpt_path="last"`` integration and the monitor validation.
-    This class decides *when* files are written (once per epoch end, plus :meth:`save_latest` for interruptions)
-    and replaces the strategy's checkpoint writer by :class:`AtomicCheckpointIO`.
+    ModelCheckpoint keeps the best-so-far bookkeeping (``best_model_score``, saved in every checkpoint and
+    restored on resume), the ``trainer.checkpoint_callback`` / ``ckpt_path="last"`` integration and the
+    monitor validation. This class decides *when* files are written (once per epoch end, plus
+    :meth:`save_latest` for interruptions) and replaces the strategy's checkpoint writer by
+    :class:`AtomicCheckpointIO`.
 
     Args:
         dirpath: the checkpoint directory (local path); restarts look here, so it must outlive the instance
@@ -160,8 +162,8 @@ class SpotCheckpoint(ModelCheckpoint):
         mode: ``max`` for accuracies, ``min`` for losses.
         checkpoint_interval: write ``checkpoint_epoch_{N}.ckpt`` every this many epochs; 0 turns them off.
         keep_periodic: how many periodic files to keep (the newest); -1 keeps all.
-        auto_resume: ``fit`` without ``--ckpt_path`` resumes from ``checkpoint_latest.ckpt`` here (falling back to the
-            newest loadable periodic file); false starts from scratch every time.
+        auto_resume: ``fit`` without ``--ckpt_path`` resumes from ``checkpoint_latest.ckpt`` here (falling
+            back to the newest loadable periodic file); false starts from scratch every time.
         verbose: log a line for every file written.
     """
 
@@ -208,7 +210,7 @@ class SpotCheckpoint(ModelCheckpoint):
     def directory(self) -> Path:
         return Path(self.dirpath)
 
-    # -- setup -----------------------------------------------------------------------------------------------------
+    # -- setup ---------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         strategy = trainer.strategy
@@ -216,15 +218,16 @@ class SpotCheckpoint(ModelCheckpoint):
             strategy.checkpoint_io = AtomicCheckpointIO()
         elif not isinstance(strategy.checkpoint_io, AtomicCheckpointIO):
             rank_zero_warn(
-                f"SpotCheckpoint: the strategy writes checkpoints with {type(strategy.checkpoint_io).__name__}, "
-                "which may not write atomically; a crash during a write could corrupt a checkpoint"
+                f"SpotCheckpoint: the strategy writes checkpoints with "
+                f"{type(strategy.checkpoint_io).__name__}, which may not write atomically; "
+                "a crash during a write could corrupt a checkpoint"
             )
         if trainer.is_global_zero and stage == "fit":
             self.directory.mkdir(parents=True, exist_ok=True)
             for stale in self.directory.glob(".*.ckpt.*.tmp"):  # left by a process killed mid-write
                 stale.unlink(missing_ok=True)
 
-    # -- when to write ---------------------------------------------------------------------------------------------
+    # -- when to write -------------------------------------------------------------------------------------
     def on_train_batch_end(self, *args, **kwargs) -> None:
         """No step- or time-based saves: interruptions call :meth:`save_latest` instead."""
 
@@ -263,7 +266,8 @@ class SpotCheckpoint(ModelCheckpoint):
         if current is None:
             if trainer.fit_loop.epoch_loop.val_loop._has_run:
                 raise KeyError(
-                    f"SpotCheckpoint monitor={self.monitor!r}: not among the logged metrics {sorted(candidates)}"
+                    f"SpotCheckpoint monitor={self.monitor!r}: not among the logged metrics "
+                    f"{sorted(candidates)}"
                 )
             return False
         if not self.check_monitor_top_k(trainer, current):
@@ -304,8 +308,8 @@ def periodic_checkpoints(directory: Path) -> list[Path]:
 def load_checkpoint_header(path: Path) -> dict[str, Any]:
     """Loads a checkpoint memory-mapped (tensors stay on disk), so checking a 300 MB file costs milliseconds.
 
-    Raises on a truncated or foreign file. ``weights_only=False``: these are our own files, and Lightning stores
-    hyperparameters and loop state as plain Python objects.
+    Raises on a truncated or foreign file. ``weights_only=False``: these are our own files, and Lightning
+    stores hyperparameters and loop state as plain Python objects.
     """
     checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     missing = [key for key in ("state_dict", "loops", "optimizer_states") if key not in checkpoint]

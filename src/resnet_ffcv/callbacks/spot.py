@@ -1,7 +1,7 @@
-"""Use the two-minute spot notice: save ``checkpoint_latest.ckpt`` mid-epoch and exit before AWS pulls the plug.
+"""Use the two-minute spot notice: save ``checkpoint_latest.ckpt`` mid-epoch, exit before AWS reclaims.
 
-Rank 0 polls the EC2 instance metadata service (IMDSv2) in a background thread. SIGTERM and SIGINT set the same
-flag on whichever rank receives them. At the next training batch boundary all ranks learn it through one
+Rank 0 polls the EC2 instance metadata service (IMDSv2) in a background thread. SIGTERM and SIGINT set the
+same flag on whichever rank receives them. At the next training batch boundary all ranks learn it through one
 all-reduce, save ``checkpoint_latest.ckpt`` together, and leave ``trainer.fit`` by raising
 :class:`TrainingInterrupted`; ``resnet-ffcv`` turns that into exit code :data:`INTERRUPTED_EXIT_CODE` (75,
 EX_TEMPFAIL: "temporary failure, rerun me"). ``scripts/spot_training.sh`` reads it.
@@ -34,7 +34,7 @@ TOKEN_TTL_S = 21600
 
 
 class TrainingInterrupted(Exception):
-    """Raised out of ``trainer.fit`` after ``checkpoint_latest.ckpt`` was saved; the CLI exits with ``exit_code``."""
+    """Raised out of ``trainer.fit`` once ``checkpoint_latest.ckpt`` is saved; the CLI exits ``exit_code``."""
 
     exit_code = INTERRUPTED_EXIT_CODE
 
@@ -46,10 +46,11 @@ class MetadataUnavailable(Exception):
 class InstanceMetadata:
     """The two IMDSv2 calls we need: a session token (PUT) and GETs carrying it; a 401 fetches a new token.
 
-    Written on urllib rather than a client package: ``ec2-metadata`` (3.0) hard-codes the 169.254.169.254 endpoint
-    in its constructor, raises on a 401 instead of refreshing the token, has no rebalance-recommendation call and
-    pulls in ``requests``; botocore's ``InstanceMetadataFetcher`` takes an endpoint and does IMDSv2, but offers
-    only credentials publicly (arbitrary paths go through its private ``_get_request``) for a 15 MB dependency.
+    Written on urllib rather than a client package: ``ec2-metadata`` (3.0) hard-codes the 169.254.169.254
+    endpoint in its constructor, raises on a 401 instead of refreshing the token, has no
+    rebalance-recommendation call and pulls in ``requests``; botocore's ``InstanceMetadataFetcher`` takes an
+    endpoint and does IMDSv2, but offers only credentials publicly (arbitrary paths go through its private
+    ``_get_request``) for a 15 MB dependency.
     """
 
     def __init__(self, endpoint: str, timeout: float):
@@ -58,7 +59,7 @@ class InstanceMetadata:
         self._token: str | None = None
 
     def _open(self, request: urllib.request.Request):
-        return urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310 - the endpoint is configured
+        return urllib.request.urlopen(request, timeout=self.timeout)
 
     def refresh_token(self) -> None:
         request = urllib.request.Request(
@@ -94,14 +95,14 @@ class InstanceMetadata:
 
 
 class SpotInterruption(Callback):
-    """Save and exit cleanly on a spot interruption notice, SIGTERM or SIGINT (a second Ctrl-C aborts at once).
+    """Save and exit cleanly on a spot interruption notice, SIGTERM or SIGINT (a second Ctrl-C aborts now).
 
     Args:
         endpoint: instance metadata service base URL; tests point it at a local server.
         poll_interval: seconds between polls (AWS suggests 5).
         request_timeout: seconds per metadata request; when the first token request fails, polling turns off.
-        stop_on_rebalance: also stop on a rebalance recommendation (often earlier than the notice; it may never
-            be followed by an interruption).
+        stop_on_rebalance: also stop on a rebalance recommendation (often earlier than the notice; it may
+            never be followed by an interruption).
         handle_signals: turn SIGTERM / SIGINT into the same save-and-exit.
         check_every_n_batches: all-reduce the stop flag every this many batches (each check syncs the device
             with the host once; at ~0.05 s per step, 10 batches are half a second of the two minutes).
@@ -118,8 +119,8 @@ class SpotInterruption(Callback):
     ):
         if poll_interval <= 0 or request_timeout <= 0 or check_every_n_batches < 1:
             raise ValueError(
-                f"SpotInterruption: poll_interval={poll_interval}, request_timeout={request_timeout} must be > 0 "
-                f"and check_every_n_batches={check_every_n_batches} >= 1"
+                f"SpotInterruption: poll_interval={poll_interval} and request_timeout={request_timeout} "
+                f"must be > 0, check_every_n_batches={check_every_n_batches} >= 1"
             )
         self.endpoint = endpoint
         self.poll_interval = poll_interval
@@ -142,7 +143,7 @@ class SpotInterruption(Callback):
             self._reason = reason
             rank_zero_info(f"Stop requested: {reason}; stopping at the next batch boundary")
 
-    # -- lifecycle -------------------------------------------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and not isinstance(trainer.checkpoint_callback, SpotCheckpoint):
             raise ValueError(
@@ -152,13 +153,15 @@ class SpotInterruption(Callback):
             )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # After Lightning registered its own SIGTERM handler (Trainer._run), so ours wins; restored at the end.
+        # After Lightning registered its own SIGTERM handler (Trainer._run), so ours wins; restored at the
+        # end.
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
         signals = "SIGTERM/SIGINT and " if self.handle_signals else ""
         rank_zero_info(
-            f"Armed: {signals}spot notices from {self.endpoint} save {LATEST_NAME} and exit {INTERRUPTED_EXIT_CODE}"
+            f"Armed: {signals}spot notices from {self.endpoint} "
+            f"save {LATEST_NAME} and exit {INTERRUPTED_EXIT_CODE}"
         )
         if trainer.is_global_zero:
             self._closing.clear()
@@ -196,7 +199,7 @@ class SpotInterruption(Callback):
                 rank_zero_info(f"Spot notice poll failed ({error}); retrying in {self.poll_interval} s")
             self._closing.wait(self.poll_interval)
 
-    # -- the batch boundary ----------------------------------------------------------------------------------------
+    # -- the batch boundary --------------------------------------------------------------------------------
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
     ):
@@ -208,9 +211,9 @@ class SpotInterruption(Callback):
         path = checkpoint.save_latest(trainer)
         batches = trainer.num_training_batches
         message = (
-            f"{self._reason or 'another rank was told to stop'}: saved {path} at epoch {trainer.current_epoch}, "
-            f"batch {batch_idx + 1}/{batches}, step {trainer.global_step}; exiting with code {INTERRUPTED_EXIT_CODE} "
-            "(rerun the same command to resume)"
+            f"{self._reason or 'another rank was told to stop'}: saved {path} at epoch "
+            f"{trainer.current_epoch}, batch {batch_idx + 1}/{batches}, step {trainer.global_step}; "
+            f"exiting with code {INTERRUPTED_EXIT_CODE} (rerun the same command to resume)"
         )
         rank_zero_info(message)
         raise TrainingInterrupted(message)

@@ -9,17 +9,17 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-# EarlyStopping stops when metric > threshold; we want >=. Accuracies are counts / N (1/50000 = 2e-5 on ImageNet)
-# logged as float32, so a margin far below one sample and above float32 rounding gives ">=".
+# EarlyStopping stops when metric > threshold; we want >=. Accuracies are counts / N (1/50000 = 2e-5 on
+# ImageNet) logged as float32, so a margin far below one sample and above float32 rounding gives ">=".
 _AT_LEAST_MARGIN = 1e-6
 
 
 class TargetAccuracyStop(EarlyStopping):
     """Lightning's EarlyStopping with ``stopping_threshold`` only (no patience), plus a clear closing line.
 
-    The decision is taken after the epoch's validation; SpotCheckpoint writes ``best_model.ckpt`` at that same epoch
-    end (Lightning runs checkpoint callbacks' hooks last), so the best checkpoint exists before training stops. The
-    closing line is logged at train end, after that write.
+    The decision is taken after the epoch's validation; SpotCheckpoint writes ``best_model.ckpt`` at that same
+    epoch end (Lightning runs checkpoint callbacks' hooks last), so the best checkpoint exists before training
+    stops. The closing line is logged at train end, after that write.
 
     Args:
         target_accuracy: stop once ``monitor`` >= this; a fraction (0.78 for 78 % top-1).
