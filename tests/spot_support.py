@@ -16,7 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_config(
-    tmp_path: Path, ffcv_dir: Path, extra_callbacks: list[dict] | None = None, **checkpoint_args
+    tmp_path: Path,
+    ffcv_dir: Path,
+    extra_callbacks: list[dict] | None = None,
+    name: str = "config.yaml",
+    **checkpoint_args,
 ) -> Path:
     """``spot_config.yaml`` with this test's directories, extra callbacks and SpotCheckpoint arguments."""
     config = yaml.safe_load(BASE_CONFIG.read_text())
@@ -26,7 +30,7 @@ def write_config(
     checkpoint.update(checkpoint_args)
     config["trainer"]["callbacks"] += extra_callbacks or []
     config["data"]["data_dir"] = str(ffcv_dir)
-    path = tmp_path / "config.yaml"
+    path = tmp_path / name
     path.write_text(yaml.safe_dump(config))
     return path
 

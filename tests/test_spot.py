@@ -8,14 +8,17 @@ same command and is stopped by SIGTERM. Only AWS is faked; the HTTP traffic, sig
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from spot_support import CLIProcess, write_config
+from spot_support import REPO, CLIProcess, write_config
 
 from resnet_ffcv.callbacks.spot import INTERRUPTED_EXIT_CODE, SPOT_ACTION_PATH, TOKEN_PATH
 from resnet_ffcv.schedules import lr_multiplier
@@ -137,3 +140,25 @@ def test_spot_notice_and_sigterm_save_mid_epoch_and_exit_75(tmp_path, ffcv_dir, 
     # The LR of the last step follows the fractional-epoch schedule: batch indices continued after the resume.
     expected_lr = LR * lr_multiplier("onecycle", epoch + (batch - 1) / STEPS_PER_EPOCH, MAX_EPOCHS, WARMUP)
     assert resumed["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(expected_lr)
+
+
+def test_spot_training_script_checks_before_training(tmp_path, ffcv_dir):
+    """The rerun-me script refuses to start when the data is missing, naming the file, with exit code 2."""
+    config = write_config(tmp_path, ffcv_dir)
+    result = subprocess.run(
+        [
+            "bash",
+            str(REPO / "scripts" / "spot_training.sh"),
+            str(config),
+            "--data.data_dir",
+            str(tmp_path / "none"),
+        ],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"check failed: {tmp_path / 'none' / 'train.ffcv'}: missing or empty" in result.stderr
+    assert "starting:" not in result.stderr
+    assert (tmp_path / "checkpoints").is_dir()  # the checkpoint directory was checked (created, writable)

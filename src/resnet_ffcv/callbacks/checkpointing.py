@@ -36,8 +36,8 @@ BEST_NAME = "best_model.ckpt"
 PERIODIC_PATTERN = re.compile(r"^checkpoint_epoch_(\d+)\.ckpt$")
 WANDB_ID_FILE = "wandb_run_id.txt"
 
-# Test seam: seconds to pause after the bytes are written and before the rename, so a test can kill -9 the
-# process while a checkpoint write is in flight. Never set outside tests.
+# Test seam: seconds to pause after the bytes are written and before the rename, when the write replaces an
+# existing file, so a test can kill -9 the process while a checkpoint is being overwritten. Tests only.
 WRITE_PAUSE_ENV = "RESNET_FFCV_TEST_CHECKPOINT_WRITE_PAUSE_S"
 
 
@@ -132,7 +132,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, f)
                 f.flush()
                 pause = float(os.environ.get(WRITE_PAUSE_ENV, "0") or 0)
-                if pause > 0:
+                if pause > 0 and target.exists():
                     time.sleep(pause)
                 os.fsync(f.fileno())
             os.replace(temp, target)
