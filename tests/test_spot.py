@@ -20,7 +20,8 @@ import pytest
 import torch
 from spot_support import REPO, CLIProcess, write_config
 
-from resnet_ffcv.callbacks.spot import INTERRUPTED_EXIT_CODE, SPOT_ACTION_PATH, TOKEN_PATH
+from resnet_ffcv.callbacks import SpotInterruption
+from resnet_ffcv.callbacks.spot import INTERRUPTED_EXIT_CODE, REBALANCE_PATH, SPOT_ACTION_PATH, TOKEN_PATH
 from resnet_ffcv.schedules import lr_multiplier
 
 STEPS_PER_EPOCH = 20  # 80 training images, batch 4 (spot_config.yaml)
@@ -37,6 +38,7 @@ class FakeIMDS(ThreadingHTTPServer):
         self.notice_gets = 0
         self.rejected_once = False
         self.armed = threading.Event()
+        self.rebalance = False
         self.notice_served_at: float | None = None
 
     @property
@@ -68,6 +70,8 @@ class MetadataHandler(BaseHTTPRequestHandler):
         self.reply(200, self.server.token)
 
     def do_GET(self) -> None:
+        if self.path == f"/{REBALANCE_PATH}" and self.server.rebalance:
+            return self.reply(200, json.dumps({"noticeTime": "2026-11-26T07:50:00Z"}))
         if self.path != f"/{SPOT_ACTION_PATH}":
             return self.reply(404)
         if self.headers.get("X-aws-ec2-metadata-token") != self.server.token:
@@ -162,3 +166,24 @@ def test_spot_training_script_checks_before_training(tmp_path, ffcv_dir):
     assert f"check failed: {tmp_path / 'none' / 'train.ffcv'}: missing or empty" in result.stderr
     assert "starting:" not in result.stderr
     assert (tmp_path / "checkpoints").is_dir()  # the checkpoint directory was checked (created, writable)
+
+
+def test_rebalance_recommendation_stops_only_when_asked(imds):
+    """In-process poller against the fake server: a rebalance recommendation counts only when configured."""
+    imds.rebalance = True
+    ignoring = SpotInterruption(endpoint=imds.endpoint, poll_interval=0.05)
+    poller = threading.Thread(target=ignoring.poll_until_notice, daemon=True)
+    poller.start()
+    deadline = time.monotonic() + 30
+    while imds.notice_gets < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert imds.notice_gets >= 3
+    assert ignoring.stop_requested is None  # polled (404s on the notice), rebalance ignored
+    imds.armed.set()
+    poller.join(timeout=10)
+    assert ignoring.stop_requested == "spot interruption notice: terminate at 2026-11-26T08:00:00Z"
+
+    imds.armed.clear()
+    heeding = SpotInterruption(endpoint=imds.endpoint, poll_interval=0.05, stop_on_rebalance=True)
+    heeding.poll_until_notice()  # returns once it has a reason to stop
+    assert heeding.stop_requested == 'rebalance recommendation: {"noticeTime": "2026-11-26T07:50:00Z"}'
