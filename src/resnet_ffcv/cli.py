@@ -119,11 +119,12 @@ def continue_wandb_run(trainer, checkpoint_dir: Path, resuming: bool) -> None:
         return
     id_file = checkpoint_dir / WANDB_ID_FILE
     run_id = id_file.read_text().strip() if id_file.is_file() and resuming else ""
-    if rank_zero_only.rank == 0:
-        if not run_id:
-            run_id = uuid.uuid4().hex[:12]
-            atomic_write_bytes(id_file, run_id.encode())
-        rank_zero_info(f"W&B run id {run_id} ({'continued' if resuming else 'new'}; kept in {id_file})")
+    continued = bool(run_id)
+    if rank_zero_only.rank == 0 and not continued:
+        run_id = uuid.uuid4().hex[:12]
+        atomic_write_bytes(id_file, run_id.encode())
+    rank_zero_info(f"W&B run id {run_id} ({'continued' if continued else 'new'}; kept in {id_file})")
+    # Other ranks never create a W&B run (WandbLogger is rank-zero only); they just need some id.
     os.environ["WANDB_RUN_ID"] = run_id or uuid.uuid4().hex[:12]
 
 

@@ -264,8 +264,8 @@ class SpotCheckpoint(ModelCheckpoint):
         """ModelCheckpoint's top-1 bookkeeping without its write: the write is ``checkpoint_latest.ckpt``."""
         current = candidates.get(self.monitor)
         if current is None:
-            if trainer.fit_loop.epoch_loop.val_loop._has_run:
-                raise KeyError(
+            if trainer.fit_loop.epoch_loop.val_loop._has_run:  # as ModelCheckpoint decides it
+                raise ValueError(
                     f"SpotCheckpoint monitor={self.monitor!r}: not among the logged metrics "
                     f"{sorted(candidates)}"
                 )
