@@ -24,7 +24,7 @@ from resnet_ffcv.callbacks import SpotInterruption
 from resnet_ffcv.callbacks.spot import INTERRUPTED_EXIT_CODE, REBALANCE_PATH, SPOT_ACTION_PATH, TOKEN_PATH
 from resnet_ffcv.schedules import lr_multiplier
 
-STEPS_PER_EPOCH = 20  # 80 training images, batch 4 (spot_config.yaml)
+STEPS_PER_EPOCH = 40  # 80 training images, batch 2: long enough that the notice lands mid-epoch
 LR, WARMUP, MAX_EPOCHS = 0.05, 1, 50
 
 
@@ -108,10 +108,18 @@ def test_spot_notice_and_sigterm_save_mid_epoch_and_exit_75(tmp_path, ffcv_dir, 
     checkpoints = tmp_path / "checkpoints"
     spot = {
         "class_path": "resnet_ffcv.callbacks.SpotInterruption",
-        "init_args": {"endpoint": imds.endpoint, "poll_interval": 0.2},
+        "init_args": {"endpoint": imds.endpoint, "poll_interval": 0.2, "check_every_n_batches": 1},
     }
     config = write_config(tmp_path, ffcv_dir, extra_callbacks=[spot], checkpoint_interval=0)
-    command = ("fit", "--config", str(config), "--trainer.max_epochs", str(MAX_EPOCHS))
+    command = (
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.max_epochs",
+        str(MAX_EPOCHS),
+        "--data.batch_size",
+        "2",
+    )
 
     # 1. The notice arrives once epoch 0 is done and saved, i.e. while epoch 1 trains.
     first = CLIProcess(*command)

@@ -4,7 +4,8 @@ Rank 0 polls the EC2 instance metadata service (IMDSv2) in a background thread. 
 same flag on whichever rank receives them. At the next training batch boundary all ranks learn it through one
 all-reduce, save ``checkpoint_latest.ckpt`` together, and leave ``trainer.fit`` by raising
 :class:`TrainingInterrupted`; ``resnet-ffcv`` turns that into exit code :data:`INTERRUPTED_EXIT_CODE` (75,
-EX_TEMPFAIL: "temporary failure, rerun me"). ``scripts/spot_training.sh`` reads it.
+EX_TEMPFAIL: "temporary failure, rerun me"). ``scripts/spot_training.sh`` reads it. On an epoch's last batch
+the stop waits for that epoch's validation and epoch-end checkpoint and happens at the next epoch's start.
 
 Exit codes of ``resnet-ffcv fit``: 0 finished (max_epochs or target accuracy), 75 interrupted with
 ``checkpoint_latest.ckpt`` saved (rerun the same command), anything else failed.
@@ -203,23 +204,39 @@ class SpotInterruption(Callback):
             self._closing.wait(self.poll_interval)
 
     # -- the batch boundary --------------------------------------------------------------------------------
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
-    ):
-        if (batch_idx + 1) % self.check_every_n_batches:
-            return
-        if not trainer.strategy.reduce_boolean_decision(self._reason is not None, all=False):
-            return
-        checkpoint = trainer.checkpoint_callback
-        path = checkpoint.save_latest(trainer)
-        batches = trainer.num_training_batches
+    def _all_ranks_stop(self, trainer: L.Trainer) -> bool:
+        """True on every rank when any rank has a reason to stop (one all-reduce under DDP)."""
+        return trainer.strategy.reduce_boolean_decision(self._reason is not None, all=False)
+
+    def _exit(self, trainer: L.Trainer, where: str) -> None:
         message = (
-            f"{self._reason or 'another rank was told to stop'}: saved {path} at epoch "
-            f"{trainer.current_epoch}, batch {batch_idx + 1}/{batches}, step {trainer.global_step}; "
+            f"{self._reason or 'another rank was told to stop'}: {where}, step {trainer.global_step}; "
             f"exiting with code {INTERRUPTED_EXIT_CODE} (rerun the same command to resume)"
         )
         rank_zero_info(message)
         raise TrainingInterrupted(message)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ):
+        batches = trainer.num_training_batches
+        if (batch_idx + 1) % self.check_every_n_batches or batch_idx + 1 >= batches:
+            # The epoch's last batch: let validation and the epoch-end checkpoint run, stop at the next epoch
+            # start. (A checkpoint from the last batch's end resumes *past* that epoch's validation and
+            # epoch-end hooks in Lightning 2.6: no val metrics, no periodic file for that epoch.)
+            return
+        if self._all_ranks_stop(trainer):
+            path = trainer.checkpoint_callback.save_latest(trainer)
+            self._exit(
+                trainer, f"saved {path} at epoch {trainer.current_epoch}, batch {batch_idx + 1}/{batches}"
+            )
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Nothing trained since the last epoch-end save (or since the checkpoint this run resumed from).
+        if self._all_ranks_stop(trainer):
+            self._exit(
+                trainer, f"stopping at the start of epoch {trainer.current_epoch}, nothing new to save"
+            )
 
     def _shutdown(self) -> None:
         self._closing.set()
