@@ -1,9 +1,9 @@
 """The checkpoint dir survives kill -9, falls back past a truncated file, keeps the W&B run, stops at target.
 
-One story in two CLI processes (each ~15-25 s: torch import and an FFCV pipeline compile): A trains epoch 0
+One story in three CLI processes (each ~15-25 s: torch import and an FFCV pipeline compile): A trains epoch 0
 and is killed -9 while overwriting checkpoint_latest.ckpt in epoch 1; B finds that file truncated, falls back
-to the periodic one, continues the W&B run and stops at the target accuracy. Then a checkpoint is refused for
-another architecture or class count.
+to the periodic one, continues the W&B run and stops at the target accuracy; rerun, it stops at once. Then a
+checkpoint is refused for another architecture or class count.
 """
 
 from __future__ import annotations
@@ -92,6 +92,12 @@ def test_checkpoint_directory_survives_crashes_and_resumes(tmp_path, ffcv_dir):
     assert periodic == {"checkpoint_epoch_2.ckpt"}  # keep_periodic: 1
     assert f"W&B run id {run_id} (continued" in b.output
     assert offline_run_ids(logs) == {run_id}
+
+    # The same command once more ("just rerun it"): the restored state says the target was met; no training.
+    again = CLIProcess("fit", "--config", str(with_target), "--trainer.max_epochs", "4")
+    assert again.finish() == 0, again.output
+    assert "Target accuracy reached: val/acc1 >= 0.01 after epoch 1" in again.output
+    assert load(checkpoints / "checkpoint_latest.ckpt")["global_step"] == 2 * epoch0_step
 
     # C (in-process: the check runs before the Trainer, no need for another CLI process): a checkpoint from
     # another architecture stops with a clear error.

@@ -43,11 +43,19 @@ class TargetAccuracyStop(EarlyStopping):
         )
         self.target_accuracy = target_accuracy
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Rerunning a finished run (the spot script's "just rerun it") resumes from its last checkpoint, whose
+        # restored state says the target was met: stop again before training another epoch.
+        if self.stopping_reason == EarlyStoppingReason.STOPPING_THRESHOLD:
+            trainer.should_stop = True
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.stopping_reason != EarlyStoppingReason.STOPPING_THRESHOLD:
             return
-        # best_score is not updated on the stopping epoch (EarlyStopping checks the threshold first).
-        value = float(trainer.callback_metrics[self.monitor])
+        # best_score is not updated on the stopping epoch (EarlyStopping checks the threshold first), and a
+        # rerun that stopped at once has validated nothing: report the metric when this run has it.
+        metric = trainer.callback_metrics.get(self.monitor)
+        value = f" = {float(metric):.4f}" if metric is not None else ""
         checkpoint = trainer.checkpoint_callback
         best = (
             f"; best checkpoint: {checkpoint.best_model_path}"
@@ -55,6 +63,6 @@ class TargetAccuracyStop(EarlyStopping):
             else ""
         )
         rank_zero_info(
-            f"Target accuracy reached: {self.monitor} = {value:.4f} >= {self.target_accuracy} "
+            f"Target accuracy reached: {self.monitor}{value} >= {self.target_accuracy} "
             f"after epoch {self.stopped_epoch}; stopping{best}"
         )
