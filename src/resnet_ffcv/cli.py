@@ -4,35 +4,73 @@
     resnet-ffcv write-dataset --config configs/write_imagenet.yaml [--source_dir ... --output_dir ...]
 
 Every argument is settable in YAML and overridable on the command line; ``--print_config`` shows the result.
+
+``fit`` resumes by itself: with no ``--ckpt_path`` it continues from ``checkpoint_latest.ckpt`` in the
+checkpoint callback's ``dirpath`` (or the newest loadable ``checkpoint_epoch_N.ckpt``), and a W&B logger
+continues the same run. Exit codes: 0 finished, 75 interrupted with a checkpoint saved (rerun the same
+command), anything else failed.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import uuid
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from jsonargparse import auto_cli
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
+from resnet_ffcv.callbacks.checkpointing import (
+    WANDB_ID_FILE,
+    atomic_write_bytes,
+    find_resume_checkpoint,
+    load_checkpoint_header,
+)
 from resnet_ffcv.callbacks.resolution import ProgressiveResolution
+from resnet_ffcv.callbacks.spot import TrainingInterrupted
+from resnet_ffcv.callbacks.target_accuracy import TargetAccuracyStop
 from resnet_ffcv.data import FFCVDataModule
 from resnet_ffcv.model import ImageClassifier
 from resnet_ffcv.wandb_setup import fall_back_to_offline_without_credentials
+
+# Hyperparameters that change the network's shape: a checkpoint written with other values cannot be continued.
+SHAPE_HPARAMS = ("arch", "num_classes")
+
+
+class IncompatibleCheckpointError(ValueError):
+    """The checkpoint to resume from was written by a different model configuration."""
 
 
 class ResNetCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The class count comes from the data (classes.json), never typed twice.
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        # Always present, off unless configured: a recipe config sets single keys (resolution.start_ramp: 41)
+        # Always present, off unless configured: a recipe config sets single keys (resolution.start_ramp: 41,
+        # target.target_accuracy: null)
         # where a callbacks list could only be replaced whole.
         parser.add_lightning_class_args(ProgressiveResolution, "resolution")
+        parser.add_lightning_class_args(TargetAccuracyStop, "target")
 
     def before_instantiate_classes(self) -> None:
         logger = self.config[self.subcommand].trainer.logger if self.subcommand else None
         if hasattr(logger, "get") and "Wandb" in str(logger.get("class_path")):
             fall_back_to_offline_without_credentials(logger.get("init_args"))
+
+    def fit(self, model, datamodule=None, ckpt_path: str | None = None, **kwargs) -> None:
+        """``trainer.fit`` with auto-resume, a compatibility check and W&B run continuity."""
+        checkpoint_dir = configured_checkpoint_dir(self.trainer)
+        ckpt_path = resolve_resume_path(self.trainer, ckpt_path)
+        if ckpt_path is not None:
+            check_compatible(Path(ckpt_path), model)
+        if checkpoint_dir is not None:
+            continue_wandb_run(self.trainer, checkpoint_dir, resuming=ckpt_path is not None)
+        self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
 
 
 class _ParseOnlyCLI(ResNetCLI):
@@ -54,6 +92,73 @@ def parse_config_only(argv: list[str]):
             save_config_callback=None,
             auto_configure_optimizers=False,
         ).config
+
+
+def configured_checkpoint_dir(trainer) -> Path | None:
+    """The checkpoint callback's directory: the one place that says where checkpoints live."""
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
+        return Path(callback.dirpath)
+    return None
+
+
+def resolve_resume_path(trainer, ckpt_path: str | None) -> str | None:
+    """An explicit ``ckpt_path`` wins; else the checkpoint dir's latest (or newest loadable periodic) file."""
+    if ckpt_path is not None:
+        rank_zero_info(f"Resuming from {ckpt_path} (--ckpt_path)")
+        return ckpt_path
+    callback = trainer.checkpoint_callback
+    directory = configured_checkpoint_dir(trainer)
+    if directory is None:
+        rank_zero_info("No checkpoint callback with a fixed dirpath: starting from scratch")
+        return None
+    if not getattr(callback, "auto_resume", True):
+        rank_zero_info(f"auto_resume is off: starting from scratch (checkpoints go to {directory})")
+        return None
+    latest_name = f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+    path, explanation = find_resume_checkpoint(directory, latest_name)
+    rank_zero_info(explanation)
+    return None if path is None else str(path)
+
+
+def check_compatible(path: Path, model) -> None:
+    """Stops before training when the checkpoint's network has another shape (never a silent partial load)."""
+    if "://" in str(path) or not path.is_file():
+        return  # "last"/"best"/remote paths: Lightning resolves and reports those itself
+    try:
+        saved = load_checkpoint_header(path).get("hyper_parameters", {})
+    except Exception as error:  # noqa: BLE001
+        raise IncompatibleCheckpointError(f"{path}: cannot be loaded as a training checkpoint ({error})") from error
+    differences = [
+        f"model.{key}={saved[key]!r} in the checkpoint, {model.hparams[key]!r} in this config"
+        for key in SHAPE_HPARAMS
+        if key in saved and key in model.hparams and saved[key] != model.hparams[key]
+    ]
+    if differences:
+        raise IncompatibleCheckpointError(
+            f"{path} was written by another model configuration: {'; '.join(differences)}. Use the original "
+            "config, another checkpoint directory, or set auto_resume: false on the checkpoint callback"
+        )
+
+
+def continue_wandb_run(trainer, checkpoint_dir: Path, resuming: bool) -> None:
+    """A resumed run logs into the same W&B run: its id lives in the checkpoint directory.
+
+    WandbLogger already passes ``resume="allow"``; the id reaches ``wandb.init`` through ``WANDB_RUN_ID``,
+    which DDP ranks started later inherit. An id set in the config or the environment wins.
+    """
+    loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+    if not loggers or loggers[0].version is not None or "WANDB_RUN_ID" in os.environ:
+        return
+    id_file = checkpoint_dir / WANDB_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.is_file() and resuming else ""
+    continued = bool(run_id)
+    if rank_zero_only.rank == 0 and not continued:
+        run_id = uuid.uuid4().hex[:12]
+        atomic_write_bytes(id_file, run_id.encode())
+    rank_zero_info(f"W&B run id {run_id} ({'continued' if continued else 'new'}; kept in {id_file})")
+    # Other ranks never create a W&B run (WandbLogger is rank-zero only); they just need some id.
+    os.environ["WANDB_RUN_ID"] = run_id or uuid.uuid4().hex[:12]
 
 
 def doctor_command(argv: list[str]) -> None:
@@ -108,15 +213,20 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in TOOLS:
         TOOLS[argv[0]](argv[1:])
         return
-    ResNetCLI(
-        ImageClassifier,
-        FFCVDataModule,
-        # A spot restart reruns the same command into the same log directory.
-        save_config_kwargs={"overwrite": True},
-        # The module owns its optimizer (weight-decay groups) and per-batch LR schedule: no --optimizer knobs.
-        auto_configure_optimizers=False,
-        args=argv,
-    )
+    try:
+        ResNetCLI(
+            ImageClassifier,
+            FFCVDataModule,
+            # A spot restart reruns the same command into the same log directory.
+            save_config_kwargs={"overwrite": True},
+            # The module owns its optimizer (weight-decay groups) and per-batch LR schedule: no --optimizer knobs.
+            auto_configure_optimizers=False,
+            args=argv,
+        )
+    except TrainingInterrupted as interruption:
+        sys.exit(interruption.exit_code)
+    except IncompatibleCheckpointError as error:
+        sys.exit(f"resnet-ffcv: error: {error}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,351 @@
+"""A checkpoint directory a spot run can be killed over: atomic writes, latest, periodic and best files.
+
+Layout of ``dirpath`` (the seed's names):
+
+    checkpoint_latest.ckpt      every epoch end, and mid-epoch on a spot notice / SIGTERM / SIGINT
+    checkpoint_epoch_{N}.ckpt   after every ``checkpoint_interval`` epochs (N = epochs completed), newest
+                                ``keep_periodic`` kept
+    best_model.ckpt             the epoch with the best ``monitor`` value so far
+    wandb_run_id.txt            the W&B run id, so a restarted run continues the same W&B run (see cli.py)
+
+Each epoch serializes the state once (``checkpoint_latest.ckpt``); best and periodic files are hard links to
+that file (a copy where the filesystem has no hard links), so three names cost one write. Linked names share
+their bytes, which is safe because nothing here rewrites a file in place: every write renames a new file into
+a name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+LATEST_NAME = "checkpoint_latest.ckpt"
+BEST_NAME = "best_model.ckpt"
+PERIODIC_PATTERN = re.compile(r"^checkpoint_epoch_(\d+)\.ckpt$")
+WANDB_ID_FILE = "wandb_run_id.txt"
+
+# Test seam: seconds to pause after the bytes are written and before the rename, when the write replaces an
+# existing file, so a test can kill -9 the process while a checkpoint is being overwritten. Tests only.
+WRITE_PAUSE_ENV = "RESNET_FFCV_TEST_CHECKPOINT_WRITE_PAUSE_S"
+
+
+# ModelCheckpoint warns about a non-empty directory; resuming from a non-empty directory is the point here.
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+
+def periodic_name(epochs_done: int) -> str:
+    return f"checkpoint_epoch_{epochs_done}.ckpt"
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Makes a rename durable: the directory entry is what a power cut would otherwise lose."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
+def _temp_path(target: Path) -> Path:
+    """An empty file beside ``target``: same filesystem, so the final rename is atomic."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600
+    os.close(fd)
+    return Path(name)
+
+
+def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    """Small files (the W&B run id): same temp-file-then-rename dance as the checkpoints."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_path(target)
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def atomic_link(source: Path, target: Path) -> None:
+    """``target`` becomes a second name of ``source`` in one rename (a copy where hard links fail)."""
+    temp = _temp_path(target)
+    try:
+        temp.unlink()
+        try:
+            os.link(source, temp)
+        except OSError:
+            shutil.copyfile(source, temp)
+            with open(temp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` into a temp file in the target's directory, flush + fsync, ``os.replace``, fsync dir.
+
+    Why not Lightning's own save: ``TorchCheckpointIO`` (``_atomic_save`` in lightning 2.6) serializes to
+    memory and writes through an fsspec transaction whose temporary file is made by ``tempfile.mkstemp()`` in
+    the *system* temp dir, then moved with ``shutil.move``: no fsync, and when /tmp is another filesystem than
+    the checkpoint dir (tmpfs vs. EBS/NVMe, the usual case on cloud machines) the move is a copy into the
+    final name, so a kill in the middle leaves a truncated checkpoint. A rename inside one directory is atomic
+    on POSIX filesystems. Local paths only.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO.save_checkpoint: storage_options are not supported")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = _temp_path(target)
+        try:
+            with open(temp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                pause = float(os.environ.get(WRITE_PAUSE_ENV, "0") or 0)
+                if pause > 0 and target.exists():
+                    time.sleep(pause)
+                os.fsync(f.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(target.parent)
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+class SpotCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint arranged for spot instances: one directory, fixed names, atomic writes.
+
+    ModelCheckpoint keeps the best-so-far bookkeeping (``best_model_score``, saved in every checkpoint and
+    restored on resume), the ``trainer.checkpoint_callback`` / ``ckpt_path="last"`` integration and the
+    monitor validation. This class decides *when* files are written (once per epoch end, plus
+    :meth:`save_latest` for interruptions) and replaces the strategy's checkpoint writer by
+    :class:`AtomicCheckpointIO`.
+
+    Args:
+        dirpath: the checkpoint directory (local path); restarts look here, so it must outlive the instance
+            (an EBS volume, not instance storage).
+        monitor: metric that picks ``best_model.ckpt``: ``val/acc1``, or ``val/acc1_ema`` when EMA is on.
+        mode: ``max`` for accuracies, ``min`` for losses.
+        checkpoint_interval: write ``checkpoint_epoch_{N}.ckpt`` every this many epochs; 0 turns them off.
+        keep_periodic: how many periodic files to keep (the newest); -1 keeps all.
+        auto_resume: ``fit`` without ``--ckpt_path`` resumes from ``checkpoint_latest.ckpt`` here (falling
+            back to the newest loadable periodic file); false starts from scratch every time.
+        verbose: log a line for every file written.
+    """
+
+    CHECKPOINT_NAME_LAST = Path(LATEST_NAME).stem
+
+    def __init__(
+        self,
+        dirpath: str = "checkpoints",
+        monitor: str = "val/acc1",
+        mode: str = "max",
+        checkpoint_interval: int = 5,
+        keep_periodic: int = -1,
+        auto_resume: bool = True,
+        verbose: bool = True,
+    ):
+        if _is_url(str(dirpath)):
+            raise ValueError(
+                f"SpotCheckpoint dirpath={dirpath!r}: expected a local directory (atomic renames)"
+            )
+        if checkpoint_interval < 0:
+            raise ValueError(
+                f"SpotCheckpoint checkpoint_interval={checkpoint_interval}: expected >= 0 (0 = off)"
+            )
+        if keep_periodic == 0 or keep_periodic < -1:
+            raise ValueError(
+                f"SpotCheckpoint keep_periodic={keep_periodic}: expected -1 (all) or a count >= 1"
+            )
+        super().__init__(
+            dirpath=dirpath,
+            filename=Path(BEST_NAME).stem,
+            monitor=monitor,
+            mode=mode,
+            save_top_k=1,
+            save_last=True,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+            verbose=verbose,
+        )
+        self.checkpoint_interval = checkpoint_interval
+        self.keep_periodic = keep_periodic
+        self.auto_resume = auto_resume
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.dirpath)
+
+    # -- setup ---------------------------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        strategy = trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:
+            strategy.checkpoint_io = AtomicCheckpointIO()
+        elif not isinstance(strategy.checkpoint_io, AtomicCheckpointIO):
+            rank_zero_warn(
+                f"SpotCheckpoint: the strategy writes checkpoints with "
+                f"{type(strategy.checkpoint_io).__name__}, which may not write atomically; "
+                "a crash during a write could corrupt a checkpoint"
+            )
+        if trainer.is_global_zero and stage == "fit":
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for stale in self.directory.glob(".*.ckpt.*.tmp"):  # left by a process killed mid-write
+                stale.unlink(missing_ok=True)
+
+    # -- when to write -------------------------------------------------------------------------------------
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        """No step- or time-based saves: interruptions call :meth:`save_latest` instead."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Saves happen at the train epoch end, which Lightning calls after that epoch's validation."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._should_skip_saving_checkpoint(trainer):
+            return
+        candidates = self._monitor_candidates(trainer)
+        improved = self._update_best(trainer, candidates)
+        latest = self.save_latest(trainer)
+        epochs_done = trainer.current_epoch + 1
+        if improved:
+            self._publish(trainer, latest, self.directory / BEST_NAME)
+        if self.checkpoint_interval and epochs_done % self.checkpoint_interval == 0:
+            self._publish(trainer, latest, self.directory / periodic_name(epochs_done))
+            self._prune_periodic(trainer)
+
+    def save_latest(self, trainer: L.Trainer) -> Path:
+        """Writes ``checkpoint_latest.ckpt`` now; every rank must call it (the save ends in a barrier)."""
+        path = self.directory / LATEST_NAME
+        self.last_model_path = str(path)
+        started = time.perf_counter()
+        self._save_checkpoint(trainer, str(path))
+        if self.verbose:
+            rank_zero_info(
+                f"Saved {path} (epoch {trainer.current_epoch}, step {trainer.global_step}) "
+                f"in {time.perf_counter() - started:.1f} s"
+            )
+        return path
+
+    def _update_best(self, trainer: L.Trainer, candidates: dict[str, torch.Tensor]) -> bool:
+        """ModelCheckpoint's top-1 bookkeeping without its write: the write is ``checkpoint_latest.ckpt``."""
+        current = candidates.get(self.monitor)
+        if current is None:
+            if trainer.fit_loop.epoch_loop.val_loop._has_run:  # as ModelCheckpoint decides it
+                raise ValueError(
+                    f"SpotCheckpoint monitor={self.monitor!r}: not among the logged metrics "
+                    f"{sorted(candidates)}"
+                )
+            return False
+        if not self.check_monitor_top_k(trainer, current):
+            return False
+        if torch.isnan(current):
+            return False
+        path = str(self.directory / BEST_NAME)
+        self.current_score = current
+        self.best_k_models = {path: current}
+        self.kth_best_model_path = self.best_model_path = path
+        self.kth_value = self.best_model_score = current
+        if self.verbose:
+            rank_zero_info(f"Epoch {trainer.current_epoch}: {self.monitor} = {current.item():.4f}, new best")
+        return True
+
+    def _publish(self, trainer: L.Trainer, source: Path, target: Path) -> None:
+        if trainer.is_global_zero:
+            atomic_link(source, target)
+        trainer.strategy.barrier("SpotCheckpoint._publish")
+
+    def _prune_periodic(self, trainer: L.Trainer) -> None:
+        if self.keep_periodic < 0 or not trainer.is_global_zero:
+            return
+        for path in periodic_checkpoints(self.directory)[self.keep_periodic :]:
+            path.unlink(missing_ok=True)
+
+
+def periodic_checkpoints(directory: Path) -> list[Path]:
+    """``checkpoint_epoch_{N}.ckpt`` files, newest (largest N) first."""
+    found = [
+        (int(m.group(1)), p)
+        for p in directory.glob("checkpoint_epoch_*.ckpt")
+        if (m := PERIODIC_PATTERN.match(p.name))
+    ]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def load_checkpoint_header(path: Path) -> dict[str, Any]:
+    """Loads a checkpoint memory-mapped (tensors stay on disk), so checking a 300 MB file costs milliseconds.
+
+    Raises on a truncated or foreign file. ``weights_only=False``: these are our own files, and Lightning
+    stores hyperparameters and loop state as plain Python objects.
+    """
+    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    missing = [key for key in ("state_dict", "loops", "optimizer_states") if key not in checkpoint]
+    if missing:
+        raise ValueError(f"not a full training checkpoint (no {', '.join(missing)})")
+    return checkpoint
+
+
+def _describe(error: BaseException, limit: int = 100) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text if len(text) <= limit else text[: limit - 3] + '...'}"
+
+
+def find_resume_checkpoint(directory: Path, latest_name: str = LATEST_NAME) -> tuple[Path | None, str]:
+    """The file a restart should continue from, and a sentence saying which and why.
+
+    ``latest_name`` first; if it is missing or unreadable, the newest periodic file that loads.
+    """
+    directory = Path(directory)
+    latest = directory / latest_name
+    problems = []
+    if latest.is_file():
+        try:
+            load_checkpoint_header(latest)
+            return latest, f"Resuming from {latest}"
+        except Exception as error:  # noqa: BLE001 - any load failure means: try the next file
+            problems.append(f"{latest.name} is unreadable ({_describe(error)})")
+    else:
+        problems.append(f"{latest.name} is missing")
+    for path in periodic_checkpoints(directory):
+        try:
+            load_checkpoint_header(path)
+        except Exception as error:  # noqa: BLE001
+            problems.append(f"{path.name} is unreadable ({_describe(error)})")
+            continue
+        return path, f"Resuming from {path}: {'; '.join(problems)}"
+    if problems == [f"{latest.name} is missing"]:
+        return None, f"No checkpoint in {directory}: starting from scratch"
+    return None, f"No loadable checkpoint in {directory} ({'; '.join(problems)}): starting from scratch"

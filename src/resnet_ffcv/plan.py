@@ -1,0 +1,277 @@
+"""``resnet-ffcv plan --config ...``: how long and how much, measured on this hardware before a paid run.
+
+Runs a short burst of the real training step (our LightningModule through a real Trainer, on synthetic
+on-device batches) at each resolution stage of the config, and of the real FFCV train loader when the data is
+present; then projects epoch times, the total to ``trainer.max_epochs`` and the cost at the configured price.
+
+    resnet-ffcv plan --config configs/p4d_78pct.yaml [--steps 30 --warmup 10 --json plan.json] [fit overrides]
+
+Assumptions, printed with the table: throughput scales linearly over all GPUs of the config
+(``--scaling_efficiency`` to change that), validation time is not counted, and a stage is as fast as the slower
+of compute and loader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+@dataclass
+class Stage:
+    """Consecutive epochs that train at one resolution and per-device batch size."""
+
+    first_epoch: int
+    epochs: int
+    resolution: int
+    batch_size: int
+
+
+@dataclass
+class StageProjection:
+    stage: Stage
+    step_images_per_s: float  # one device, measured
+    loader_images_per_s: float | None  # one rank's loader, measured; None without data
+    cluster_images_per_s: float
+    loader_bound: bool
+    epoch_seconds: float
+    stage_seconds: float
+
+
+@dataclass
+class Plan:
+    stages: list[StageProjection]
+    devices: int
+    train_images: int
+    price_per_hour: float
+    scaling_efficiency: float
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(stage.stage_seconds for stage in self.stages)
+
+    @property
+    def total_cost(self) -> float:
+        return self.total_seconds / 3600 * self.price_per_hour
+
+
+def group_stages(max_epochs: int, at: Callable[[int], tuple[int, int | None]], default_batch: int) -> list[Stage]:
+    """Epochs 0..max_epochs-1 grouped into runs of the same (resolution, batch size)."""
+    stages: list[Stage] = []
+    for epoch in range(max_epochs):
+        resolution, batch = at(epoch)
+        batch = batch or default_batch
+        if stages and (stages[-1].resolution, stages[-1].batch_size) == (resolution, batch):
+            stages[-1].epochs += 1
+        else:
+            stages.append(Stage(epoch, 1, resolution, batch))
+    return stages
+
+
+def project_stage(
+    stage: Stage,
+    step_images_per_s: float,
+    loader_images_per_s: float | None,
+    devices: int,
+    train_images: int,
+    scaling_efficiency: float = 1.0,
+) -> StageProjection:
+    """images/s of one device (and one rank's loader) -> cluster images/s -> epoch and stage seconds."""
+    compute = step_images_per_s * devices * scaling_efficiency
+    loader = None if loader_images_per_s is None else loader_images_per_s * devices
+    cluster = compute if loader is None else min(compute, loader)
+    epoch_seconds = train_images / cluster
+    return StageProjection(
+        stage=stage,
+        step_images_per_s=step_images_per_s,
+        loader_images_per_s=loader_images_per_s,
+        cluster_images_per_s=cluster,
+        loader_bound=loader is not None and loader < compute,
+        epoch_seconds=epoch_seconds,
+        stage_seconds=epoch_seconds * stage.epochs,
+    )
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds < 5 * 3600 else f"{seconds / 3600:.1f} h"
+
+
+def format_plan(plan: Plan, hardware: str, notes: list[str]) -> str:
+    lines = [
+        f"measured on {hardware}; projected for {plan.devices} device(s), {plan.train_images:,} training images",
+        f"{'epochs':>9} {'res':>4} {'batch/dev':>9} {'img/s/dev':>10} {'loader/rank':>11} {'cluster img/s':>13} "
+        f"{'epoch':>10} {'stage':>10}  bound",
+    ]
+    for row in plan.stages:
+        stage = row.stage
+        epochs = f"{stage.first_epoch}-{stage.first_epoch + stage.epochs - 1}"
+        loader = f"{row.loader_images_per_s:.0f}" if row.loader_images_per_s is not None else "-"
+        lines.append(
+            f"{epochs:>9} {stage.resolution:>4} {stage.batch_size:>9} {row.step_images_per_s:>10.1f} {loader:>11} "
+            f"{row.cluster_images_per_s:>13.0f} {_minutes(row.epoch_seconds):>10} {_minutes(row.stage_seconds):>10}"
+            f"  {'LOADER' if row.loader_bound else 'compute'}"
+        )
+    lines.append(
+        f"total: {_minutes(plan.total_seconds)} to epoch {sum(r.stage.epochs for r in plan.stages)}, "
+        f"${plan.total_cost:.2f} at ${plan.price_per_hour:.2f}/h"
+    )
+    lines += [f"note: {note}" for note in notes]
+    return "\n".join(lines)
+
+
+# -- measuring ----------------------------------------------------------------------------------------------------
+def _measure_step(config, resolution: int, batch: int, steps: int, warmup: int, device, precision: str) -> float:
+    from resnet_ffcv.model import ImageClassifier
+    from resnet_ffcv.throughput import synthetic_batch, time_lightning_steps
+
+    model_args = {key: value for key, value in vars(config.model).items() if not key.startswith("_")}
+    module = ImageClassifier(**model_args)
+    seconds = time_lightning_steps(
+        module,
+        synthetic_batch(batch, resolution, module.hparams.num_classes, device),
+        steps,
+        warmup,
+        precision,
+        device,
+    )
+    return (steps - warmup) * batch / seconds
+
+
+def _measure_loader(config, resolution: int, batch: int, batches: int, devices_per_node: int) -> float | None:
+    """One rank's share of the node's cores decoding ``train.ffcv`` at ``resolution``; None without data."""
+    from resnet_ffcv.data import FFCVDataModule, cores_per_rank
+
+    data_args = {key: value for key, value in vars(config.data).items() if not key.startswith("_")}
+    if not (Path(data_args["data_dir"]) / data_args.get("train_file", "train.ffcv")).is_file():
+        return None
+    data_args.update(batch_size=batch, num_workers=data_args.get("num_workers") or cores_per_rank(devices_per_node))
+    datamodule = FFCVDataModule(**data_args)
+    datamodule.set_train_resolution(resolution)
+    loader = datamodule.train_dataloader()
+    iterator, seen, start = iter(loader), 0, 0.0
+    for index, (images, _) in enumerate(iterator):
+        if index == 1:  # the first batch pays for the pipeline's compilation
+            start = time.perf_counter()
+        elif index > 1:
+            seen += images.shape[0]
+        if index == batches:
+            break
+    elapsed = time.perf_counter() - start
+    del iterator
+    return seen / elapsed if seen else None
+
+
+def _schedule_of(config) -> Callable[[int], tuple[int, int | None]]:
+    """The ``resolution:`` schedule of the config, or the fixed ``data.train_resolution`` when it is off."""
+    from resnet_ffcv.callbacks.resolution import ProgressiveResolution
+
+    settings = {key: value for key, value in vars(config.resolution).items() if not key.startswith("_")}
+    schedule = ProgressiveResolution(**settings)
+    return schedule.at if schedule.active else lambda epoch: (config.data.train_resolution, None)
+
+
+def _price_of(config, override: float | None) -> float:
+    if override is not None:
+        return override
+    for callback in config.trainer.callbacks or []:
+        if str(callback.get("class_path", "")).endswith("CostMonitor"):
+            return float(callback.get("init_args").get("price_per_hour", 0.0))
+    return 0.0
+
+
+def _devices(config) -> tuple[int, int]:
+    """(devices per node, nodes) as the config asks for them."""
+    devices = config.trainer.devices
+    if isinstance(devices, (list, tuple)):
+        devices = len(devices)
+    elif devices in ("auto", -1, "-1", None):
+        devices = max(1, torch.cuda.device_count())
+    return int(devices), int(config.trainer.num_nodes or 1)
+
+
+def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
+    parser = argparse.ArgumentParser(prog="resnet-ffcv plan", allow_abbrev=False)
+    parser.add_argument("--steps", type=int, default=30, help="training steps measured per stage (warmup included)")
+    parser.add_argument("--warmup", type=int, default=10, help="steps not timed (cudnn autotune, compile)")
+    parser.add_argument("--loader_batches", type=int, default=50, help="loader batches timed per stage")
+    parser.add_argument("--batch", type=int, default=None, help="measure at this per-device batch instead")
+    parser.add_argument("--train_images", type=int, default=None, help="default: train.ffcv's count, else ImageNet")
+    parser.add_argument("--price_per_hour", type=float, default=None, help="default: the CostMonitor's price")
+    parser.add_argument("--scaling_efficiency", type=float, default=1.0, help="multi-GPU efficiency (1: linear)")
+    parser.add_argument("--json", default=None, help="also write the plan here")
+    own, fit_args = parser.parse_known_args(argv)
+
+    from resnet_ffcv.cli import parse_config_only
+
+    config = parse_config_only(fit_args)
+    devices_per_node, nodes = _devices(config)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = str(config.trainer.precision)
+    notes = [
+        f"throughput assumed to scale x{own.scaling_efficiency:g} linearly over {devices_per_node * nodes} GPUs",
+        "validation passes are not counted",
+    ]
+    if device.type == "cpu":
+        hardware = f"CPU ({os.cpu_count()} cores): GPU figures need a GPU machine"
+        if precision != "32-true":
+            notes.append(f"precision {precision} measured as 32-true on the CPU")
+            precision = "32-true"
+    else:
+        hardware = torch.cuda.get_device_name(device)
+    if own.batch is not None:
+        notes.append(f"measured at batch {own.batch} per device instead of each stage's batch")
+    stages = group_stages(int(config.trainer.max_epochs), _schedule_of(config), config.data.batch_size)
+
+    train_images = own.train_images
+    train_path = Path(config.data.data_dir) / config.data.train_file
+    if train_images is None and train_path.is_file():
+        from ffcv.reader import Reader
+
+        train_images = Reader(str(train_path)).num_samples
+    if train_images is None:
+        train_images = IMAGENET_TRAIN_IMAGES
+        notes.append(f"{train_path} not found: ImageNet's {IMAGENET_TRAIN_IMAGES:,} images, synthetic batches only")
+
+    projections = []
+    for stage in stages:
+        batch = own.batch or stage.batch_size
+        step = _measure_step(config, stage.resolution, batch, own.steps, own.warmup, device, precision)
+        loader = _measure_loader(config, stage.resolution, batch, own.loader_batches, devices_per_node)
+        projections.append(
+            project_stage(stage, step, loader, devices_per_node * nodes, train_images, own.scaling_efficiency)
+        )
+    plan = Plan(
+        projections,
+        devices_per_node * nodes,
+        train_images,
+        _price_of(config, own.price_per_hour),
+        own.scaling_efficiency,
+    )
+    if own.json:
+        Path(own.json).write_text(
+            json.dumps(
+                {
+                    "hardware": hardware,
+                    "notes": notes,
+                    "total_seconds": plan.total_seconds,
+                    "total_cost_usd": plan.total_cost,
+                    **asdict(plan),
+                },
+                indent=1,
+            )
+        )
+    return plan, notes, hardware
+
+
+def plan_command(argv: list[str]) -> None:
+    plan, notes, hardware = make_plan(argv)
+    print(format_plan(plan, hardware, notes))

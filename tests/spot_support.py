@@ -1,0 +1,89 @@
+"""Config and process helpers shared by the checkpointing and spot tests (each test runs the real CLI)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+BASE_CONFIG = Path(__file__).with_name("spot_config.yaml")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_config(
+    tmp_path: Path,
+    ffcv_dir: Path,
+    extra_callbacks: list[dict] | None = None,
+    name: str = "config.yaml",
+    **checkpoint_args,
+) -> Path:
+    """``spot_config.yaml`` with this test's directories, extra callbacks and SpotCheckpoint arguments."""
+    config = yaml.safe_load(BASE_CONFIG.read_text())
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
+    checkpoint = config["trainer"]["callbacks"][0]["init_args"]
+    checkpoint["dirpath"] = str(tmp_path / "checkpoints")
+    checkpoint.update(checkpoint_args)
+    config["trainer"]["callbacks"] += extra_callbacks or []
+    config["data"]["data_dir"] = str(ffcv_dir)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class CLIProcess:
+    """``resnet-ffcv ARGS`` in the background; a thread collects its output (stdout and stderr merged)."""
+
+    def __init__(self, *args: str, env: dict | None = None):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "resnet_ffcv.cli", *args],
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, condition, what: str, timeout: float = 300) -> None:
+        """Polls ``condition()`` until true; fails if the process exits first or the time runs out."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.process.poll() is not None:
+                self._reader.join(timeout=5)
+                if condition():
+                    return
+                raise AssertionError(
+                    f"process exited ({self.process.returncode}) before {what}:\n{self.output}"
+                )
+            if time.monotonic() > deadline:
+                self.process.kill()
+                raise AssertionError(f"no {what} within {timeout} s:\n{self.output}")
+            time.sleep(0.05)
+
+    def wait_for_line(self, needle: str, timeout: float = 300) -> None:
+        self.wait_for(lambda: needle in self.output, repr(needle), timeout)
+
+    def finish(self, timeout: float = 300) -> int:
+        """Waits for the exit; returns the exit code (negative: killed by that signal)."""
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        self._reader.join(timeout=10)
+        return code

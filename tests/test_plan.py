@@ -1,0 +1,69 @@
+"""``resnet-ffcv plan``: the projection arithmetic, and real measured runs on this machine's CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from resnet_ffcv.cli import main
+from resnet_ffcv.plan import Plan, Stage, format_plan, group_stages, project_stage
+
+from .conftest import CONFIGS
+
+
+def test_group_stages_follows_the_schedule():
+    def schedule(epoch):
+        return (160, None) if epoch < 3 else (192, 128) if epoch < 5 else (224, 128)
+
+    assert group_stages(6, schedule, default_batch=256) == [
+        Stage(0, 3, 160, 256),
+        Stage(3, 2, 192, 128),
+        Stage(5, 1, 224, 128),
+    ]
+
+
+def test_projection_arithmetic():
+    stage = Stage(first_epoch=0, epochs=20, resolution=160, batch_size=256)
+    # 2,500 img/s per GPU x 8 GPUs = 20,000 img/s; 1,200,000 images -> 60 s per epoch; 20 epochs -> 1,200 s.
+    row = project_stage(stage, 2500.0, None, devices=8, train_images=1_200_000)
+    assert row.cluster_images_per_s == 20_000
+    assert row.epoch_seconds == 60.0 and row.stage_seconds == 1200.0
+    assert not row.loader_bound
+    # A loader that serves 2,000 img/s per rank caps the cluster at 16,000 img/s: loader-bound.
+    slow = project_stage(stage, 2500.0, 2000.0, devices=8, train_images=1_200_000)
+    assert slow.loader_bound and slow.cluster_images_per_s == 16_000 and slow.epoch_seconds == 75.0
+    # 90% scaling efficiency.
+    assert project_stage(stage, 2500.0, None, 8, 1_200_000, scaling_efficiency=0.9).cluster_images_per_s == 18_000
+
+    plan = Plan([row, slow], devices=8, train_images=1_200_000, price_per_hour=11.0, scaling_efficiency=1.0)
+    assert plan.total_seconds == 1200.0 + 1500.0
+    assert plan.total_cost == pytest.approx(2700 / 3600 * 11.0)
+    table = format_plan(plan, "test GPU", ["a note"])
+    assert "LOADER" in table and "$8.25 at $11.00/h" in table and "note: a note" in table
+
+
+def run_plan(capsys, *args: str) -> str:
+    main(["plan", *args])
+    return capsys.readouterr().out
+
+
+def test_plan_demo_config_with_its_data(capsys, ffcv_dir, tmp_path):
+    out = run_plan(
+        capsys,
+        "--steps=3",
+        "--warmup=1",
+        "--loader_batches=3",
+        f"--json={tmp_path / 'plan.json'}",
+        "--config",
+        str(CONFIGS / "demo_cpu.yaml"),
+        f"--data.data_dir={ffcv_dir}",
+        "--data.batch_size=8",
+        "--trainer.max_epochs=3",
+    )
+    assert "measured on CPU" in out and "total:" in out
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    assert saved["train_images"] == 80  # counted in train.ffcv
+    [stage] = saved["stages"]
+    assert stage["stage"]["epochs"] == 3 and stage["loader_images_per_s"] > 0 and stage["step_images_per_s"] > 0
+    assert saved["total_seconds"] == pytest.approx(3 * stage["epoch_seconds"])

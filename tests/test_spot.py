@@ -1,0 +1,197 @@
+"""Spot notice and SIGTERM: checkpoint_latest.ckpt saved at a batch boundary, exit code 75, resume continues.
+
+Two CLI processes: the first is stopped by a fake instance-metadata server on 127.0.0.1 (IMDSv2 token flow, a
+401 that forces a token refresh, 404s, then the notice); the second resumes from that mid-epoch file with the
+same command and is stopped by SIGTERM. Only AWS is faked; the HTTP traffic, signals and checkpoints are real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+from spot_support import REPO, CLIProcess, write_config
+
+from resnet_ffcv.callbacks import SpotInterruption
+from resnet_ffcv.callbacks.spot import INTERRUPTED_EXIT_CODE, REBALANCE_PATH, SPOT_ACTION_PATH, TOKEN_PATH
+from resnet_ffcv.schedules import lr_multiplier
+
+STEPS_PER_EPOCH = 40  # 80 training images, batch 2: long enough that the notice lands mid-epoch
+LR, WARMUP, MAX_EPOCHS = 0.05, 1, 50
+
+
+class FakeIMDS(ThreadingHTTPServer):
+    """IMDSv2 as AWS documents it: PUT a token, GET with it; 404 until ``arm()``, then the termination
+    notice."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), MetadataHandler)
+        self.token_puts = 0
+        self.notice_gets = 0
+        self.rejected_once = False
+        self.armed = threading.Event()
+        self.rebalance = False
+        self.notice_served_at: float | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    @property
+    def token(self) -> str:
+        return f"token-{self.token_puts}"
+
+
+class MetadataHandler(BaseHTTPRequestHandler):
+    server: FakeIMDS
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def reply(self, code: int, body: str = "") -> None:
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_PUT(self) -> None:
+        if self.path != f"/{TOKEN_PATH}" or not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+            return self.reply(400)
+        self.server.token_puts += 1
+        self.reply(200, self.server.token)
+
+    def do_GET(self) -> None:
+        if self.path == f"/{REBALANCE_PATH}" and self.server.rebalance:
+            return self.reply(200, json.dumps({"noticeTime": "2026-11-26T07:50:00Z"}))
+        if self.path != f"/{SPOT_ACTION_PATH}":
+            return self.reply(404)
+        if self.headers.get("X-aws-ec2-metadata-token") != self.server.token:
+            return self.reply(401)
+        if not self.server.rejected_once:  # as if the token had expired: the client must fetch a new one
+            self.server.rejected_once = True
+            return self.reply(401)
+        self.server.notice_gets += 1
+        if not self.server.armed.is_set():
+            return self.reply(404)
+        self.server.notice_served_at = self.server.notice_served_at or time.monotonic()
+        self.reply(200, json.dumps({"action": "terminate", "time": "2026-11-26T08:00:00Z"}))
+
+
+@pytest.fixture
+def imds():
+    server = FakeIMDS()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def batches_done_in_epoch(checkpoint) -> int:
+    return checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"]
+
+
+def test_spot_notice_and_sigterm_save_mid_epoch_and_exit_75(tmp_path, ffcv_dir, imds):
+    checkpoints = tmp_path / "checkpoints"
+    spot = {
+        "class_path": "resnet_ffcv.callbacks.SpotInterruption",
+        "init_args": {"endpoint": imds.endpoint, "poll_interval": 0.2, "check_every_n_batches": 1},
+    }
+    config = write_config(tmp_path, ffcv_dir, extra_callbacks=[spot], checkpoint_interval=0)
+    command = (
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.max_epochs",
+        str(MAX_EPOCHS),
+        "--data.batch_size",
+        "2",
+    )
+
+    # 1. The notice arrives once epoch 0 is done and saved, i.e. while epoch 1 trains.
+    first = CLIProcess(*command)
+    first.wait_for(lambda: (checkpoints / "checkpoint_latest.ckpt").exists(), "the epoch-0 checkpoint")
+    imds.armed.set()
+    code = first.finish()
+    exited_after = time.monotonic() - imds.notice_served_at
+    assert code == INTERRUPTED_EXIT_CODE, first.output
+    print(f"notice -> exit: {exited_after:.1f} s")
+    assert exited_after < 60  # the whole point: well inside AWS's two minutes
+    assert imds.token_puts == 2 and imds.rejected_once  # a token, a 401, a refreshed token
+    assert imds.notice_gets >= 2  # 404 at least once before the notice
+    assert "spot interruption notice: terminate at 2026-11-26T08:00:00Z: saved" in first.output
+    noticed = load(checkpoints / "checkpoint_latest.ckpt")
+    assert noticed["epoch"] >= 1 and noticed["global_step"] > STEPS_PER_EPOCH
+    assert noticed["global_step"] == noticed["epoch"] * STEPS_PER_EPOCH + batches_done_in_epoch(noticed)
+
+    # 2. The same command resumes from that mid-batch state; SIGTERM stops it the same way.
+    imds.armed.clear()
+    second = CLIProcess(*command)
+    second.wait_for_line("Armed: SIGTERM/SIGINT")
+    second.process.send_signal(signal.SIGTERM)
+    assert second.finish() == INTERRUPTED_EXIT_CODE, second.output
+    assert f"Resuming from {checkpoints / 'checkpoint_latest.ckpt'}" in second.output
+    assert "received SIGTERM: saved" in second.output
+    resumed = load(checkpoints / "checkpoint_latest.ckpt")
+    assert resumed["global_step"] > noticed["global_step"]  # the step counter went on from the saved one
+    epoch, batch = resumed["epoch"], batches_done_in_epoch(resumed)
+    assert resumed["global_step"] == epoch * STEPS_PER_EPOCH + batch
+    # The LR of the last step follows the fractional-epoch schedule: batch indices continued after the resume.
+    expected_lr = LR * lr_multiplier("onecycle", epoch + (batch - 1) / STEPS_PER_EPOCH, MAX_EPOCHS, WARMUP)
+    assert resumed["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(expected_lr)
+
+
+def test_spot_training_script_checks_before_training(tmp_path, ffcv_dir):
+    """The rerun-me script refuses to start when the data is missing, naming the file, with exit code 2."""
+    config = write_config(tmp_path, ffcv_dir)
+    result = subprocess.run(
+        [
+            "bash",
+            str(REPO / "scripts" / "spot_training.sh"),
+            str(config),
+            "--data.data_dir",
+            str(tmp_path / "none"),
+        ],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"check failed: {tmp_path / 'none' / 'train.ffcv'}: missing or empty" in result.stderr
+    assert "starting:" not in result.stderr
+    assert (tmp_path / "checkpoints").is_dir()  # the checkpoint directory was checked (created, writable)
+
+
+def test_rebalance_recommendation_stops_only_when_asked(imds):
+    """In-process poller against the fake server: a rebalance recommendation counts only when configured."""
+    imds.rebalance = True
+    ignoring = SpotInterruption(endpoint=imds.endpoint, poll_interval=0.05)
+    poller = threading.Thread(target=ignoring.poll_until_notice, daemon=True)
+    poller.start()
+    deadline = time.monotonic() + 30
+    while imds.notice_gets < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert imds.notice_gets >= 3
+    assert ignoring.stop_requested is None  # polled (404s on the notice), rebalance ignored
+    imds.armed.set()
+    poller.join(timeout=10)
+    assert ignoring.stop_requested == "spot interruption notice: terminate at 2026-11-26T08:00:00Z"
+
+    imds.armed.clear()
+    heeding = SpotInterruption(endpoint=imds.endpoint, poll_interval=0.05, stop_on_rebalance=True)
+    heeding.poll_until_notice()  # returns once it has a reason to stop
+    assert heeding.stop_requested == 'rebalance recommendation: {"noticeTime": "2026-11-26T07:50:00Z"}'
