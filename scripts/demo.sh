@@ -27,7 +27,8 @@ echo "== 4/4 validating from the saved checkpoint $ckpt"
 "$BIN/python" - "$ckpt" <<'PY'
 import sys, torch
 ckpt = torch.load(sys.argv[1], map_location="cpu", weights_only=False)
-best = next(s["best_model_score"] for k, s in ckpt["callbacks"].items() if "ModelCheckpoint" in k)
-print(f"\ndemo finished: best val top-1 during fit {float(best):.1%} (chance 10.0%)")
+best = next(s["best_model_score"] for s in ckpt["callbacks"].values() if "best_model_score" in s)
+monitor = next(s["monitor"] for s in ckpt["callbacks"].values() if "best_model_score" in s)
+print(f"\ndemo finished: best {monitor} during fit {float(best):.1%} (chance 10.0%)")
 print(f"checkpoint: {sys.argv[1]}")
 PY

@@ -58,9 +58,7 @@ def test_checkpoint_directory_survives_crashes_and_resumes(tmp_path, ffcv_dir):
         "wandb_run_id.txt",
     } <= names
     epoch0_step = 20  # 80 images / batch 4
-    assert (
-        load(checkpoints / "checkpoint_latest.ckpt")["global_step"] == epoch0_step
-    )  # epoch 0's file, intact
+    assert load(checkpoints / "checkpoint_latest.ckpt")["global_step"] == epoch0_step  # epoch 0's file, intact
     assert list(checkpoints.glob(".checkpoint_latest.ckpt.*.tmp"))  # the half-done write is only a temp file
     run_id = (checkpoints / "wandb_run_id.txt").read_text().strip()
     assert offline_run_ids(logs) == {run_id}
@@ -96,16 +94,8 @@ def test_checkpoint_directory_survives_crashes_and_resumes(tmp_path, ffcv_dir):
 
     # C (in-process: the check runs before the Trainer, no need for another CLI process): a checkpoint from
     # another architecture stops with a clear error.
-    with pytest.raises(
-        IncompatibleCheckpointError, match="model.arch='resnet18' in the checkpoint, 'resnet34'"
-    ):
-        check_compatible(
-            checkpoints / "checkpoint_latest.ckpt", ImageClassifier(arch="resnet34", num_classes=10)
-        )
-    with pytest.raises(
-        IncompatibleCheckpointError, match="model.num_classes=10 in the checkpoint, 5 in this"
-    ):
-        check_compatible(
-            checkpoints / "checkpoint_latest.ckpt", ImageClassifier(arch="resnet18", num_classes=5)
-        )
+    with pytest.raises(IncompatibleCheckpointError, match="model.arch='resnet18' in the checkpoint, 'resnet34'"):
+        check_compatible(checkpoints / "checkpoint_latest.ckpt", ImageClassifier(arch="resnet34", num_classes=10))
+    with pytest.raises(IncompatibleCheckpointError, match="model.num_classes=10 in the checkpoint, 5 in this"):
+        check_compatible(checkpoints / "checkpoint_latest.ckpt", ImageClassifier(arch="resnet18", num_classes=5))
     check_compatible(checkpoints / "checkpoint_latest.ckpt", ImageClassifier(arch="resnet18", num_classes=10))

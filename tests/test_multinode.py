@@ -37,6 +37,7 @@ def test_two_nodes_by_torchrun_train_to_the_same_weights(ffcv_dir, tmp_path):
         "--data.batch_size=8",
         "--data.num_workers=1",
         "--data.train_resolution=32",
+        "--resolution.stages=null",
         "--data.val_resolution=32",
         "--trainer.callbacks+=tests.probes.ParameterDigest",
         f"--trainer.callbacks.out_dir={tmp_path / 'ranks'}",

@@ -49,13 +49,24 @@ def test_stages_pick_the_latest_started_stage():
             r"stages\[1\]\.resolution=100: expected a positive multiple",
         ),
         ({"stages": [Stage(0, 160, batch_size=0)]}, r"stages\[0\]\.batch_size=0: expected >= 1"),
-        ({"min_res": 200, "max_res": 192}, r"min_res=200, max_res=192"),
-        ({"max_res": 190}, r"max_res=190: expected a positive multiple of 8"),
+        ({"min_res": 200, "max_res": 192, "start_ramp": 5, "end_ramp": 8}, r"min_res=200, max_res=192"),
+        (
+            {"min_res": 160, "max_res": 190, "start_ramp": 5, "end_ramp": 8},
+            r"max_res=190: expected a positive multiple of 8",
+        ),
+        ({"min_res": 160, "max_res": 192}, r"a ramp needs .* missing \['start_ramp', 'end_ramp'\]"),
     ],
 )
 def test_bad_schedules_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ProgressiveResolution(**kwargs)
+
+
+def test_no_stages_and_no_ramp_is_off():
+    schedule = ProgressiveResolution()
+    assert not schedule.active
+    with pytest.raises(ValueError, match="schedule is off"):
+        schedule.at(0)
 
 
 def test_stages_parse_from_yaml_config():
@@ -124,9 +135,7 @@ def test_stages_through_lightning_and_a_resume(indexed_dir, tmp_path):
     assert seen_per_epoch(first) == {0: ({32}, {8}, 8), 1: ({40}, {8}, 8)}
 
     second = ProbeModule()
-    trainer = L.Trainer(
-        **trainer_kwargs(max_epochs=4, callbacks=[ProgressiveResolution(stages=stages)], **common)
-    )
+    trainer = L.Trainer(**trainer_kwargs(max_epochs=4, callbacks=[ProgressiveResolution(stages=stages)], **common))
     trainer.fit(second, datamodule=datamodule(indexed_dir), ckpt_path=checkpoint)
     assert seen_per_epoch(second) == {2: ({48}, {16}, 4), 3: ({48}, {16}, 4)}
     assert trainer.callback_metrics["train/resolution"].item() == 48

@@ -236,7 +236,7 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
     if train_images is None and train_path.is_file():
         from ffcv.reader import Reader
 
-        train_images = Reader(str(train_path)).num_samples
+        train_images = int(Reader(str(train_path)).num_samples)
     if train_images is None:
         train_images = IMAGENET_TRAIN_IMAGES
         notes.append(f"{train_path} not found: ImageNet's {IMAGENET_TRAIN_IMAGES:,} images, synthetic batches only")
