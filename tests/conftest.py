@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,16 @@ def run_cli(
         timeout=timeout,
         stdin=subprocess.DEVNULL,  # nothing may wait on a prompt
     )
+
+
+@pytest.fixture
+def imds():
+    """A fake EC2 instance-metadata service (IMDSv2) on 127.0.0.1; ``imds.armed.set()`` serves the notice."""
+    from .spot_support import FakeIMDS
+
+    server = FakeIMDS()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()

@@ -28,8 +28,24 @@ class ParameterDigest(L.Callback):
             "num_nodes": trainer.num_nodes,
             "node_rank": trainer.node_rank,
             "global_step": trainer.global_step,
-            "cluster": type(trainer.strategy.cluster_environment).__name__,
+            "cluster": type(getattr(trainer.strategy, "cluster_environment", None)).__name__,
             "train_batches": trainer.num_training_batches,
             "ffcv_distributed": getattr(trainer.train_dataloader, "distributed", None),
         }
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+
+
+class BatchLog(L.Callback):
+    """Appends ``epoch batch_idx label...`` for every training step to ``out_dir/batches.txt``.
+
+    With label = sample index (tests write such files), the lines say exactly which samples each step saw.
+    """
+
+    def __init__(self, out_dir: str):
+        self.path = Path(out_dir) / "batches.txt"
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        labels = " ".join(str(label) for label in batch[1].tolist())
+        with open(self.path, "a") as log:
+            log.write(f"{trainer.current_epoch} {batch_idx} {labels}\n")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import yaml
+
+from resnet_ffcv.callbacks.spot import REBALANCE_PATH, SPOT_ACTION_PATH, TOKEN_PATH
 
 BASE_CONFIG = Path(__file__).with_name("spot_config.yaml")
 REPO = Path(__file__).resolve().parents[1]
@@ -87,3 +91,61 @@ class CLIProcess:
             raise
         self._reader.join(timeout=10)
         return code
+
+
+class FakeIMDS(ThreadingHTTPServer):
+    """IMDSv2 as AWS documents it: PUT a token, GET with it; 404 until ``arm()``, then the termination
+    notice."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), MetadataHandler)
+        self.token_puts = 0
+        self.notice_gets = 0
+        self.rejected_once = False
+        self.armed = threading.Event()
+        self.rebalance = False
+        self.notice_served_at: float | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    @property
+    def token(self) -> str:
+        return f"token-{self.token_puts}"
+
+
+class MetadataHandler(BaseHTTPRequestHandler):
+    server: FakeIMDS
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def reply(self, code: int, body: str = "") -> None:
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_PUT(self) -> None:
+        if self.path != f"/{TOKEN_PATH}" or not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+            return self.reply(400)
+        self.server.token_puts += 1
+        self.reply(200, self.server.token)
+
+    def do_GET(self) -> None:
+        if self.path == f"/{REBALANCE_PATH}" and self.server.rebalance:
+            return self.reply(200, json.dumps({"noticeTime": "2026-11-26T07:50:00Z"}))
+        if self.path != f"/{SPOT_ACTION_PATH}":
+            return self.reply(404)
+        if self.headers.get("X-aws-ec2-metadata-token") != self.server.token:
+            return self.reply(401)
+        if not self.server.rejected_once:  # as if the token had expired: the client must fetch a new one
+            self.server.rejected_once = True
+            return self.reply(401)
+        self.server.notice_gets += 1
+        if not self.server.armed.is_set():
+            return self.reply(404)
+        self.server.notice_served_at = self.server.notice_served_at or time.monotonic()
+        self.reply(200, json.dumps({"action": "terminate", "time": "2026-11-26T08:00:00Z"}))

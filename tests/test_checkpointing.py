@@ -14,11 +14,12 @@ import socket
 
 import pytest
 import torch
-from spot_support import CLIProcess, write_config
 
 from resnet_ffcv.callbacks.checkpointing import WRITE_PAUSE_ENV
 from resnet_ffcv.cli import IncompatibleCheckpointError, check_compatible
 from resnet_ffcv.model import ImageClassifier
+
+from .spot_support import CLIProcess, write_config
 
 
 def load(path):
