@@ -148,6 +148,7 @@ def test_trainer_resume_mid_epoch(indexed_dir, tmp_path):
         L.Trainer(
             **trainer_kwargs(max_epochs=3, limit_val_batches=0, callbacks=[InterruptAt(checkpoint, 1, 3)])
         ).fit(before, datamodule=datamodule(indexed_dir))
+    assert ffcv_threads() == 0, "the interruption stopped the half-read iterator"
     saved = torch.load(checkpoint, weights_only=False)["FFCVDataModule"]
     assert saved == {"epoch": 1, "batches": 3, "batch_size": BATCH, "world_size": 1}
 

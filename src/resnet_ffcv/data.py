@@ -540,7 +540,11 @@ class FFCVDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def teardown(self, stage: str) -> None:
-        """Stops any iterator an early end (max_steps, limits, early stop, interruption) left running."""
+        """Stops any iterator an early end (max_steps, limits, early stopping) left running."""
         for loader in [*self._train_loaders.values(), self._val_loader]:
             if loader is not None:
                 loader.close()
+
+    def on_exception(self, exception: BaseException) -> None:
+        """An interruption (exception, SIGTERM, Ctrl-C) skips ``teardown``: stop the iterators here."""
+        self.teardown("fit")
