@@ -149,6 +149,7 @@ def test_trainer_resume_mid_epoch(indexed_dir, tmp_path):
         L.Trainer(
             **trainer_kwargs(max_epochs=3, limit_val_batches=0, callbacks=[InterruptAt(checkpoint, 1, 3)])
         ).fit(before, datamodule=datamodule(indexed_dir))
+    assert ffcv_threads() == 0, "the interruption stopped the half-read iterator"
     saved = torch.load(checkpoint, weights_only=False)["FFCVDataModule"]
     assert saved == {"epoch": 1, "batches": 3, "batch_size": BATCH, "world_size": 1}
 
@@ -224,3 +225,27 @@ def test_loader_benchmark_smoke(image_folder, ffcv_dir, capsys):
     assert [row["resolution"] for row in rows] == [32]
     assert all(row[name] > 0 for row in rows for name in ("ours", "bare ffcv", "ImageFolder+PIL"))
     assert "| 32 |" in capsys.readouterr().out
+
+
+def test_pipelines_end_uint8_and_go_to_the_ranks_gpu_only_on_cuda(indexed_dir, monkeypatch):
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder
+
+    def names(ops) -> list[str]:
+        return [type(op).__name__ for op in ops]
+
+    data = datamodule(indexed_dir)
+    cpu = data._pipelines(CenterCropRGBImageDecoder((32, 32), 0.875), augment=True)
+    assert names(cpu["image"]) == [
+        "CenterCropRGBImageDecoder",
+        "RandomHorizontalFlip",
+        "ToTensor",
+        "ToTorchImage",
+    ]
+    assert names(cpu["label"]) == ["IntDecoder", "ToTensor", "Squeeze"]
+
+    # No GPU here: only the device the strategy reports is faked (rank 3's GPU); nothing is moved.
+    monkeypatch.setattr(FFCVDataModule, "_device", lambda self: torch.device("cuda", 3))
+    gpu = data._pipelines(CenterCropRGBImageDecoder((32, 32), 0.875), augment=False)
+    assert names(gpu["image"]) == ["CenterCropRGBImageDecoder", "ToTensor", "ToDevice", "ToTorchImage"]
+    for op in (gpu["image"][2], gpu["label"][-1]):
+        assert op.device == torch.device("cuda", 3) and op.non_blocking

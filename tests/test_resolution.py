@@ -97,6 +97,14 @@ def test_batch_size_stages_need_reloading_loaders(indexed_dir):
         trainer.fit(ProbeModule(), datamodule=datamodule(indexed_dir))
 
 
+class RecordingDataModule(FFCVDataModule):
+    """Records (trainer.current_epoch, the epoch the datamodule builds for) per train_dataloader()."""
+
+    def train_dataloader(self):
+        self.built = [*getattr(self, "built", []), (self.trainer.current_epoch, self.train_epoch())]
+        return super().train_dataloader()
+
+
 class SaveAtEpochEnd(L.Callback):
     """Writes a checkpoint in on_train_epoch_end, where ModelCheckpoint writes its end-of-epoch ones."""
 
@@ -135,8 +143,13 @@ def test_stages_through_lightning_and_a_resume(indexed_dir, tmp_path):
     assert seen_per_epoch(first) == {0: ({32}, {8}, 8), 1: ({40}, {8}, 8)}
 
     second = ProbeModule()
-    trainer = L.Trainer(**trainer_kwargs(max_epochs=4, callbacks=[ProgressiveResolution(stages=stages)], **common))
-    trainer.fit(second, datamodule=datamodule(indexed_dir), ckpt_path=checkpoint)
+    resumed = RecordingDataModule(str(indexed_dir), batch_size=8, num_workers=2, train_resolution=64)
+    trainer = L.Trainer(
+        **trainer_kwargs(max_epochs=4, callbacks=[ProgressiveResolution(stages=stages)], **common)
+    )
+    trainer.fit(second, datamodule=resumed, ckpt_path=checkpoint)
     assert seen_per_epoch(second) == {2: ({48}, {16}, 4), 3: ({48}, {16}, 4)}
+    # Lightning builds the first loader while current_epoch still reads 1; the datamodule knows it is epoch 2.
+    assert resumed.built[0] == (1, 2)
     assert trainer.callback_metrics["train/resolution"].item() == 48
     assert trainer.callback_metrics["train/batch_size"].item() == 16

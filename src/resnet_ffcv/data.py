@@ -188,9 +188,10 @@ class EpochLoader:
 def stop_epoch_iterator(iterator) -> None:
     """Ends an FFCV ``EpochIterator`` within one batch: its thread exits, so its buffers can be freed.
 
-    FFCV's own ``close()`` only sets an event that the thread reads when its output queue stays full, so an
-    abandoned thread decodes on and never exits (ffcv #345, #393). Cut its batch list, and drain the queue so
-    its final ``put`` cannot block; then release the memory context once, when no batch is being decoded.
+    Left alone, an abandoned iterator lives forever: its thread holds it (so ``__del__`` never runs) and waits
+    on its full output queue (ffcv #345, #393). FFCV's ``close()`` only sets an event that the thread reads
+    once its queue has stayed full for 0.5 s. Instead: cut its batch list and drain the queue, so its last
+    ``put`` cannot block; then release the memory context once, when no batch is being decoded.
     """
     iterator.terminate_event.set()
     iterator.iter_ixes = iter(())
@@ -540,7 +541,11 @@ class FFCVDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def teardown(self, stage: str) -> None:
-        """Stops any iterator an early end (max_steps, limits, early stop, interruption) left running."""
+        """Stops any iterator an early end (max_steps, limits, early stopping) left running."""
         for loader in [*self._train_loaders.values(), self._val_loader]:
             if loader is not None:
                 loader.close()
+
+    def on_exception(self, exception: BaseException) -> None:
+        """An interruption (exception, SIGTERM, Ctrl-C) skips ``teardown``: stop the iterators here."""
+        self.teardown("fit")
