@@ -80,7 +80,8 @@ def test_resume_after_spot_notice_matches_an_uninterrupted_run(tmp_path, imds):
         run = tmp_path / name
         run.mkdir()
         callbacks = [{**probe, "init_args": {"out_dir": str(run)}} for probe in probes]
-        return write_config(run, data, extra_callbacks=[spot, *callbacks])
+        # Probes first: they record a batch before SpotInterruption may stop at its end.
+        return write_config(run, data, extra_callbacks=[*callbacks, spot])
 
     whole, split = config("whole"), config("split")
     uninterrupted = CLIProcess("fit", "--config", str(whole), *args)
