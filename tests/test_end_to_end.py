@@ -94,13 +94,26 @@ def test_fit_then_validate_through_the_cli(ffcv_dir, tmp_path):
     assert "val/acc1" in validate.stdout
 
 
-@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_print_config_of_every_config(config, capsys):
-    command = "write-dataset" if config.name.startswith("write_") else "fit"
+def config_stacks() -> list[list[str]]:
+    """Every file in configs/, as a user passes it: top-level files alone, the others over their bases."""
+    p4d, rn50_base = CONFIGS / "p4d_78pct.yaml", CONFIGS / "ffcv" / "rn50_base.yaml"
+    stacks = [[config] for config in sorted(CONFIGS.glob("*.yaml"))]
+    for config in sorted(CONFIGS.glob("*/*.yaml")):
+        needs_rn50_base = config.name.startswith("rn50_") and config != rn50_base
+        stacks.append([p4d, *([rn50_base] if needs_rn50_base else []), config])
+    return [[str(path) for path in stack] for stack in stacks]
+
+
+@pytest.mark.parametrize("stack", config_stacks(), ids=lambda stack: Path(stack[-1]).name)
+def test_print_config_of_every_config(stack, capsys):
+    command = "write-dataset" if Path(stack[-1]).name.startswith("write_") else "fit"
     with pytest.raises(SystemExit) as exit_info:
-        main([command, "--config", str(config), "--print_config"])
+        main([command, *[arg for config in stack for arg in ("--config", config)], "--print_config"])
     assert exit_info.value.code in (0, None)
-    assert capsys.readouterr().out.strip(), f"{config.name}: --print_config printed nothing"
+    printed = capsys.readouterr().out
+    assert printed.strip(), f"{stack[-1]}: --print_config printed nothing"
+    if command == "fit":  # the last file's values win over its bases'
+        assert "max_epochs" in printed and "resolution:" in printed
 
 
 def test_config_key_typo_is_named(capsys):

@@ -67,3 +67,24 @@ def test_plan_demo_config_with_its_data(capsys, ffcv_dir, tmp_path):
     [stage] = saved["stages"]
     assert stage["stage"]["epochs"] == 3 and stage["loader_images_per_s"] > 0 and stage["step_images_per_s"] > 0
     assert saved["total_seconds"] == pytest.approx(3 * stage["epoch_seconds"])
+
+
+def test_plan_p4d_config_on_this_cpu(capsys, tmp_path):
+    """The production config (ResNet-50, 3 resolution stages, 8 GPUs) measured here with synthetic batches."""
+    out = run_plan(
+        capsys,
+        "--steps=2",
+        "--warmup=1",
+        "--batch=2",
+        f"--json={tmp_path / 'plan.json'}",
+        "--config",
+        str(CONFIGS / "p4d_78pct.yaml"),
+        f"--data.data_dir={tmp_path / 'no-data-here'}",
+    )
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    assert [row["stage"]["resolution"] for row in saved["stages"]] == [160, 192, 224]
+    assert [row["stage"]["epochs"] for row in saved["stages"]] == [20, 20, 20]
+    assert saved["devices"] == 8 and saved["train_images"] == 1_281_167 and saved["price_per_hour"] == 11.0
+    assert all(row["loader_images_per_s"] is None for row in saved["stages"])  # no data: synthetic only
+    assert saved["total_cost_usd"] == pytest.approx(saved["total_seconds"] / 3600 * 11.0)
+    assert "synthetic batches only" in out and "measured eagerly" in out and "$11.00/h" in out

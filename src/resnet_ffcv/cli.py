@@ -32,6 +32,7 @@ from resnet_ffcv.callbacks.checkpointing import (
     find_resume_checkpoint,
     load_checkpoint_header,
 )
+from resnet_ffcv.callbacks.cost import CostMonitor
 from resnet_ffcv.callbacks.resolution import ProgressiveResolution
 from resnet_ffcv.callbacks.spot import TrainingInterrupted
 from resnet_ffcv.callbacks.target_accuracy import TargetAccuracyStop
@@ -52,10 +53,11 @@ class ResNetCLI(LightningCLI):
         # The class count comes from the data (classes.json), never typed twice.
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         # Always present, off unless configured: a recipe config sets single keys (resolution.start_ramp: 41,
-        # target.target_accuracy: null)
+        # target.target_accuracy: null, cost.price_per_hour: 3.5)
         # where a callbacks list could only be replaced whole.
         parser.add_lightning_class_args(ProgressiveResolution, "resolution")
         parser.add_lightning_class_args(TargetAccuracyStop, "target")
+        parser.add_lightning_class_args(CostMonitor, "cost")
 
     def before_instantiate_classes(self) -> None:
         logger = self.config[self.subcommand].trainer.logger if self.subcommand else None

@@ -132,8 +132,13 @@ def format_plan(plan: Plan, hardware: str, notes: list[str]) -> str:
 def _measure_step(config, resolution: int, batch: int, steps: int, warmup: int, device, precision: str) -> float:
     from resnet_ffcv.model import ImageClassifier
     from resnet_ffcv.throughput import synthetic_batch, time_lightning_steps
+    from resnet_ffcv.writer import CLASSES_FILE, load_classes
 
     model_args = {key: value for key, value in vars(config.model).items() if not key.startswith("_")}
+    classes = Path(config.data.data_dir) / CLASSES_FILE
+    model_args["num_classes"] = config.data.num_classes or (len(load_classes(classes)) if classes.is_file() else 1000)
+    if device.type == "cpu":
+        model_args["compile"] = False  # minutes of compiling for a CPU estimate: see the note
     module = ImageClassifier(**model_args)
     seconds = time_lightning_steps(
         module,
@@ -182,10 +187,7 @@ def _schedule_of(config) -> Callable[[int], tuple[int, int | None]]:
 def _price_of(config, override: float | None) -> float:
     if override is not None:
         return override
-    for callback in config.trainer.callbacks or []:
-        if str(callback.get("class_path", "")).endswith("CostMonitor"):
-            return float(callback.get("init_args").get("price_per_hour", 0.0))
-    return 0.0
+    return float(config.cost.price_per_hour)
 
 
 def _devices(config) -> tuple[int, int]:
@@ -205,7 +207,7 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
     parser.add_argument("--loader_batches", type=int, default=50, help="loader batches timed per stage")
     parser.add_argument("--batch", type=int, default=None, help="measure at this per-device batch instead")
     parser.add_argument("--train_images", type=int, default=None, help="default: train.ffcv's count, else ImageNet")
-    parser.add_argument("--price_per_hour", type=float, default=None, help="default: the CostMonitor's price")
+    parser.add_argument("--price_per_hour", type=float, default=None, help="default: the config's cost.price_per_hour")
     parser.add_argument("--scaling_efficiency", type=float, default=1.0, help="multi-GPU efficiency (1: linear)")
     parser.add_argument("--json", default=None, help="also write the plan here")
     own, fit_args = parser.parse_known_args(argv)
@@ -225,6 +227,8 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
         if precision != "32-true":
             notes.append(f"precision {precision} measured as 32-true on the CPU")
             precision = "32-true"
+        if config.model.compile:
+            notes.append("model.compile measured eagerly on the CPU")
     else:
         hardware = torch.cuda.get_device_name(device)
     if own.batch is not None:

@@ -24,12 +24,13 @@ class CostMonitor(L.Callback):
     """Logs ``cost/elapsed_hours``, ``cost/usd``, ``time/epoch_seconds``, ``gpu/max_memory_gb`` and ``images_per_sec``.
 
     Args:
-        price_per_hour: instance price in USD per hour (p4d.24xlarge spot was ~$11/h in the seed's notes).
+        price_per_hour: instance price in USD per hour (p4d.24xlarge spot was ~$11/h in the seed's notes);
+            0 logs the time only. The CLI always adds this callback as the ``cost:`` section of a config.
         instance_type: shown in the logs next to the price.
         log_every_n_steps: how often the step-level figures are logged.
     """
 
-    def __init__(self, price_per_hour: float = 11.0, instance_type: str = "p4d.24xlarge", log_every_n_steps: int = 50):
+    def __init__(self, price_per_hour: float = 0.0, instance_type: str = "unknown", log_every_n_steps: int = 50):
         if price_per_hour < 0:
             raise ValueError(f"CostMonitor.price_per_hour={price_per_hour}: expected a price >= 0 in USD per hour")
         self.price_per_hour = price_per_hour
