@@ -13,6 +13,7 @@ from resnet_ffcv.cli import main
 from resnet_ffcv.writer import CLASSES_FILE, load_classes
 
 from .conftest import CONFIGS, run_cli
+from .wandb_log import logged_keys
 
 DEMO = str(CONFIGS / "demo_cpu.yaml")
 TINY = [
@@ -68,30 +69,60 @@ def test_writer_round_trip(image_folder, ffcv_dir):
         assert labels.tolist() == [classes.index(name) for _, name in files]
 
 
-def test_fit_then_validate_through_the_cli(ffcv_dir, tmp_path):
+# What the W&B dashboard must answer (GPU memory is logged only on CUDA, so it cannot appear here).
+EXPECTED_METRICS = {
+    "train/loss_step",
+    "train/lr",
+    "train/resolution",
+    "train/batch_size",
+    "train/device/samples_per_sec",  # ThroughputMonitor (train/samples_per_sec too when world_size > 1)
+    "images_per_sec",
+    "time/epoch_seconds",
+    "cost/elapsed_hours",
+    "cost/usd",
+    "val/acc1",
+    "val/acc5",
+    "val/acc1_ema",
+    "val/acc5_ema",
+}
+
+
+def test_fit_restart_and_validate_through_the_cli(ffcv_dir, tmp_path):
+    steps = ["--trainer.limit_train_batches=10", "--trainer.log_every_n_steps=1"]  # fills ThroughputMonitor's window
     # W&B asked to go online with no credentials anywhere: it must fall back to offline, not prompt.
-    fit = run_cli(
+    fit = [
         "fit",
         "--config",
         DEMO,
         f"--data.data_dir={ffcv_dir}",
         "--trainer.logger.init_args.offline=false",
         *TINY,
-        cwd=tmp_path,
-        env={"HOME": str(tmp_path)},
-        unset=("WANDB_MODE", "WANDB_API_KEY"),
-    )
-    assert fit.returncode == 0, fit.stderr[-3000:]
-    assert "logging offline" in fit.stderr and "wandb sync" in fit.stderr
-    checkpoint = tmp_path / "demo_output" / "checkpoints" / "best_model.ckpt"
-    assert checkpoint.is_file()
-    assert list((tmp_path / "demo_output" / "logs" / "wandb").glob("offline-run-*")), "no W&B offline run"
+        *steps,
+    ]
+    no_credentials = {"env": {"HOME": str(tmp_path)}, "unset": ("WANDB_MODE", "WANDB_API_KEY"), "cwd": tmp_path}
+    first = run_cli(*fit, **no_credentials)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "logging offline" in first.stderr and "wandb sync" in first.stderr
+    output = tmp_path / "demo_output"
+    checkpoint = output / "checkpoints" / "best_model.ckpt"
+    assert checkpoint.is_file() and (output / "checkpoints" / "checkpoint_latest.ckpt").is_file()
+    [run] = (output / "logs" / "wandb").glob("offline-run-*")
+    history, config = logged_keys(run)
+    assert history >= EXPECTED_METRICS, f"missing from W&B: {sorted(EXPECTED_METRICS - history)}"
+    assert {"config", "lr", "arch", "batch_size"} <= config  # the resolved config and the hyperparameters
+
+    # The same command once more with a larger budget: a spot restart into the same directories.
+    second = run_cli(*fit, "--trainer.max_epochs=2", **no_credentials)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Resuming from" in second.stdout + second.stderr
+    runs = sorted((output / "logs" / "wandb").glob("offline-run-*"))
+    assert len({path.name.rsplit("-", 1)[-1] for path in runs}) == 1, "the restart continues the same W&B run"
 
     validate = run_cli(
         "validate", "--config", DEMO, f"--data.data_dir={ffcv_dir}", f"--ckpt_path={checkpoint}", *TINY, cwd=tmp_path
     )
     assert validate.returncode == 0, validate.stderr[-3000:]
-    assert "val/acc1" in validate.stdout
+    assert "val/acc1" in validate.stdout and "val/acc1_ema" in validate.stdout
 
 
 def config_stacks() -> list[list[str]]:

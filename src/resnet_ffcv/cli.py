@@ -20,9 +20,10 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
 from jsonargparse import auto_cli
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
@@ -46,6 +47,15 @@ SHAPE_HPARAMS = ("arch", "num_classes")
 
 class IncompatibleCheckpointError(ValueError):
     """The checkpoint to resume from was written by a different model configuration."""
+
+
+class LoggedSaveConfig(SaveConfigCallback):
+    """Saves the resolved config beside the logs (Lightning's behaviour) and logs it to the logger (W&B)."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        if trainer.logger is not None:
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            trainer.logger.log_hyperparams({"config": config})
 
 
 class ResNetCLI(LightningCLI):
@@ -220,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
             ImageClassifier,
             FFCVDataModule,
             # A spot restart reruns the same command into the same log directory.
+            save_config_callback=LoggedSaveConfig,
             save_config_kwargs={"overwrite": True},
             # The module owns its optimizer (weight-decay groups) and per-batch LR schedule: no --optimizer knobs.
             auto_configure_optimizers=False,

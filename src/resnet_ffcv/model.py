@@ -55,6 +55,10 @@ def real_samples_on_rank(total: int, world_size: int, rank: int) -> int:
 
 
 class ImageClassifier(L.LightningModule):
+    # Read by Lightning's ThroughputMonitor for FLOP/s and MFU; None: it logs images/s only (docs/performance.md
+    # turns images/s into a fraction of the GPU's peak with ResNet-50's known FLOPs per image).
+    flops_per_batch: int | None = None
+
     """ImageNet classification with the 78%-in-60-epochs recipe; every argument is a YAML knob (``model.*``).
 
     Args:
