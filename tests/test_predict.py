@@ -10,11 +10,13 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
+from resnet_ffcv.cli import main
 from resnet_ffcv.data import FFCVDataModule
 from resnet_ffcv.model import ImageClassifier
-from resnet_ffcv.predict import ImageFiles, collate_channels_last
+from resnet_ffcv.predict import ImageFiles, PredictionWriter, collate_channels_last
 from resnet_ffcv.throughput import RepeatedBatches, synthetic_batch
 from resnet_ffcv.writer import CLASSES_FILE, load_classes
 
@@ -166,3 +168,43 @@ def test_bad_predict_input_is_named_before_any_work(images, ffcv_dir, tmp_path):
         setup(empty)
     one = setup(images / "zz_odd" / "c_gray.jpg")
     assert one.predict_names == ["c_gray.jpg"]
+
+
+def test_without_classes_json_classes_are_named_by_index(checkpoint, images, tmp_path):
+    data_dir = tmp_path / "no_classes"
+    data_dir.mkdir()
+    data = FFCVDataModule(
+        data_dir=str(data_dir), num_classes=10, predict_path=str(images / "zz_odd"), val_resolution=32, num_workers=0
+    )
+    module = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
+    output = tmp_path / "out" / "by_index.csv"
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[PredictionWriter(output=str(output), print_rows=2)],
+    )
+    with pytest.warns(UserWarning, match="no classes.json in data.data_dir"):
+        trainer.predict(module, datamodule=data, return_predictions=False)
+    rows = read_csv(output)
+    assert [row["path"] for row in rows] == ["a_photo.png", "b_png_named.JPEG", "c_gray.jpg", "d_wide.webp"]
+    assert all(set(top(row)[0]) <= {str(i) for i in range(10)} for row in rows)
+
+
+def test_predict_overlay_on_the_p4d_config(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--config", str(CONFIGS / "p4d_78pct.yaml"), *PREDICT[2:], "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    trainer = config["trainer"]
+    assert [callback["class_path"] for callback in trainer["callbacks"]] == ["resnet_ffcv.predict.PredictionWriter"]
+    assert (trainer["devices"], trainer["num_nodes"], trainer["strategy"], trainer["logger"]) == (1, 1, "auto", False)
+    assert config["model"]["arch"] == "resnet50" and config["model"]["predict_with_ema"] is True
+
+
+def test_prediction_writer_refuses_ddp(checkpoint):
+    class TwoRanks:
+        world_size = 2
+
+    module = ImageClassifier(arch="resnet18", num_classes=10)
+    with pytest.raises(ValueError, match="set trainer.devices: 1"):
+        PredictionWriter().setup(TwoRanks(), module, "predict")

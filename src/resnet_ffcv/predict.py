@@ -166,8 +166,8 @@ class PredictionWriter(BasePredictionWriter):
     ``class_1, prob_1, ... class_k, prob_k``, most likely first, one row per image in input order. The file
     is written to a temporary name and renamed, so an interrupted run never leaves half a CSV under ``output``.
 
-    Everything is gathered in one process: run predict with ``trainer.devices: 1`` (a DDP run is refused
-    before any image is read; one GPU handles a folder of images or a 50k-image ``.ffcv`` in minutes).
+    Everything is gathered in one process: run predict with ``trainer.devices: 1`` (a multi-process run is
+    refused at setup, before any image is decoded; gathering across DDP ranks is not implemented).
     Lightning's own ``BasePredictionWriter`` gives the hooks; gathering and formatting are ours because
     Lightning ships no concrete writer.
 
