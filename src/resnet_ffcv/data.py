@@ -230,6 +230,8 @@ class FFCVDataModule(L.LightningDataModule):
         drop_last: drop the last incomplete training batch (each rank's).
         seed: shuffling seed, identical on all ranks; epoch k's order depends only on (seed, k).
         num_classes: class count; by default the length of ``classes.json``.
+        predict_path: what ``resnet-ffcv predict`` reads: a folder of images (searched recursively), one
+            image, or a ``.ffcv`` file; each is centre-cropped as at validation (``predict.py``).
     """
 
     def __init__(
@@ -252,6 +254,7 @@ class FFCVDataModule(L.LightningDataModule):
         drop_last: bool = True,
         seed: int = 0,
         num_classes: int | None = None,
+        predict_path: str | None = None,
     ):
         super().__init__()
         self.data_dir = Path(data_dir)
@@ -278,6 +281,9 @@ class FFCVDataModule(L.LightningDataModule):
         self._last_train: EpochLoader | None = None
         self._sizes: dict[Path, int] = {}
         self._placement: tuple | None = None  # (rank, world size, device) the cached loaders were built for
+        self.predict_path = Path(predict_path) if predict_path is not None else None
+        self._predict_files: list[Path] | None = None  # None: predict_path is a .ffcv file
+        self._predict_loader = None
 
     def _count_classes(self) -> int:
         if not self.classes_path.is_file():
@@ -325,6 +331,9 @@ class FFCVDataModule(L.LightningDataModule):
         if placement != self._placement:  # e.g. the same datamodule handed to another Trainer
             self.teardown(stage)
             self._train_loaders, self._val_loader, self._placement = {}, None, placement
+        if stage == "predict":
+            self._check_predict_input()
+            return
         paths = [self.train_path, self.val_path] if stage == "fit" else [self.val_path]
         for path in paths:
             if path not in self._sizes:
@@ -514,36 +523,85 @@ class FFCVDataModule(L.LightningDataModule):
         Not FFCV's ``distributed=True``: its DistributedSampler pads the ranks' shares to equal length by
         repeating samples, and the synced metrics would count those twice.
         """
+        if self._val_loader is None:
+            self._val_loader = self._eval_loader(self.val_path)
+        return self._val_loader
+
+    def _eval_loader(self, path: Path) -> EpochLoader:
+        """Centre crops at ``val_resolution``, in file order, this rank's slice of ``path``."""
         from ffcv.fields.decoders import CenterCropRGBImageDecoder
         from ffcv.loader import OrderOption
 
-        if self._val_loader is None:
-            resolution = self.hparams.val_resolution
-            decoder = CenterCropRGBImageDecoder((resolution, resolution), ratio=self.hparams.val_crop_ratio)
-            samples = self._sizes.get(self.val_path) or inspect_ffcv(self.val_path, self.num_classes)
-            shard = np.arange(self.global_rank, samples, self.world_size)
-            batch_size = self.hparams.val_batch_size or self.configured_batch_size()
-            loader = self._ffcv_loader(
-                self.val_path,
-                self._pipelines(decoder, augment=False),
-                batch_size,
-                OrderOption.SEQUENTIAL,
-                drop_last=False,
-                indices=shard,
-            )
-            self._val_loader = EpochLoader(loader)
-        return self._val_loader
+        resolution = self.hparams.val_resolution
+        decoder = CenterCropRGBImageDecoder((resolution, resolution), ratio=self.hparams.val_crop_ratio)
+        samples = self._sizes.get(path) or inspect_ffcv(path, self.num_classes)
+        shard = np.arange(self.global_rank, samples, self.world_size)
+        batch_size = self.hparams.val_batch_size or self.configured_batch_size()
+        loader = self._ffcv_loader(
+            path,
+            self._pipelines(decoder, augment=False),
+            batch_size,
+            OrderOption.SEQUENTIAL,
+            drop_last=False,
+            indices=shard,
+        )
+        return EpochLoader(loader)
 
     def test_dataloader(self) -> EpochLoader:
         return self.val_dataloader()
 
-    def predict_dataloader(self) -> EpochLoader:
-        return self.val_dataloader()
+    # -- prediction (resnet-ffcv predict) --------------------------------------------------------------------
+    def _check_predict_input(self) -> None:
+        """Lists and checks ``predict_path`` before a model runs: every image's header, or the .ffcv file."""
+        from resnet_ffcv.predict import PREDICT_SUFFIXES, check_images, list_images
+
+        path = self.predict_path
+        if path is None:
+            raise ValueError("data.predict_path is not set: expected a folder of images or a .ffcv file")
+        if path.is_dir():
+            files = list_images(path)
+            if not files:
+                raise ValueError(f"data.predict_path={path}: no {'/'.join(PREDICT_SUFFIXES)} files in this folder")
+        elif path.suffix == ".ffcv":
+            self._sizes[path] = inspect_ffcv(path, self.num_classes)
+            files = None
+        elif path.is_file() and path.suffix.lower() in PREDICT_SUFFIXES:
+            files = [path]
+        else:
+            raise FileNotFoundError(f"data.predict_path={path}: expected a folder of images, an image or a .ffcv file")
+        if files is not None:
+            check_images(files)
+        self._predict_files = files
+
+    @property
+    def predict_names(self) -> list[str] | None:
+        """Names of the predicted samples by index: image paths relative to ``predict_path``; None for a .ffcv."""
+        if self._predict_files is None:
+            return None
+        root = self.predict_path if self.predict_path.is_dir() else self.predict_path.parent
+        return [path.relative_to(root).as_posix() for path in self._predict_files]
+
+    def predict_dataloader(self):
+        """``(uint8 images, sample index)`` batches of ``predict_path``, centre-cropped as at validation."""
+        from resnet_ffcv.predict import ImageFiles, IndexedBatches, image_files_loader, predict_workers
+
+        if self._predict_files is None:
+            loader = self._eval_loader(self.predict_path)
+            self._predict_loader = IndexedBatches(loader, loader.loader.indices)
+        else:
+            dataset = ImageFiles(self._predict_files, self.hparams.val_resolution, self.hparams.val_crop_ratio)
+            self._predict_loader = image_files_loader(
+                dataset,
+                batch_size=self.hparams.val_batch_size or self.configured_batch_size(),
+                num_workers=predict_workers(self.hparams.num_workers, cores_per_rank(1)),
+                pin_memory=self._device().type == "cuda",
+            )
+        return self._predict_loader
 
     def teardown(self, stage: str) -> None:
-        """Stops any iterator an early end (max_steps, limits, early stopping) left running."""
-        for loader in [*self._train_loaders.values(), self._val_loader]:
-            if loader is not None:
+        """Stops any iterator an early end (max_steps, limits, early stop, interruption) left running."""
+        for loader in [*self._train_loaders.values(), self._val_loader, self._predict_loader]:
+            if hasattr(loader, "close"):
                 loader.close()
 
     def on_exception(self, exception: BaseException) -> None:

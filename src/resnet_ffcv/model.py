@@ -99,6 +99,9 @@ class ImageClassifier(L.LightningModule):
         channels_last: NHWC memory format for the network and its inputs (faster convolutions on GPUs).
         compile: ``torch.compile`` the network (and the EMA copy) in place; state-dict keys do not change.
         val_flip_tta: validate on the sum of the logits of each image and its horizontal flip (as FFCV).
+        predict_with_ema: ``resnet-ffcv predict`` uses the EMA weights when the module keeps them (``use_ema``),
+            else the raw ones; the EMA weights usually score higher (compare ``val/acc1_ema``).
+        predict_top_k: classes (with probabilities) returned per image by ``predict_step``.
 
     Gradient clipping is the Trainer's ``gradient_clip_val``; mixed precision the Trainer's ``precision``.
     """
@@ -131,6 +134,8 @@ class ImageClassifier(L.LightningModule):
         channels_last: bool = True,
         compile: bool = False,
         val_flip_tta: bool = False,
+        predict_with_ema: bool = True,
+        predict_top_k: int = 5,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -138,6 +143,8 @@ class ImageClassifier(L.LightningModule):
             raise ValueError(
                 f"model.lr_reference_batch={lr_reference_batch}: expected a positive batch size or null"
             )
+        if predict_top_k < 1:
+            raise ValueError(f"model.predict_top_k={predict_top_k}: expected at least 1")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"model.label_smoothing={label_smoothing}: expected a value in [0, 1)")
         self.schedule = Schedule(
@@ -310,10 +317,20 @@ class ImageClassifier(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
+    @property
+    def predict_network(self) -> nn.Module:
+        """The weights ``predict_step`` uses: EMA when kept and ``predict_with_ema``, else the raw ones."""
+        use_ema = self.hparams.predict_with_ema and self.ema is not None
+        return self.ema.module if use_ema else self.network
+
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Top-k ``probabilities`` (descending) and their ``classes`` for a batch of uint8 images."""
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        probabilities = self(images).softmax(dim=1)
-        top = probabilities.topk(min(5, probabilities.shape[1]), dim=1)
+        logits = self._logits(self.predict_network, self.normalize(images))
+        scale = 2.0 if self.hparams.val_flip_tta else 1.0  # the flip's logits were added: average them
+        # float32 softmax: under bf16-mixed the logits are bf16, good to ~3 digits only
+        probabilities = (logits.float() / scale).softmax(dim=1)
+        top = probabilities.topk(min(self.hparams.predict_top_k, probabilities.shape[1]), dim=1)
         return {"probabilities": top.values, "classes": top.indices}
 
     # -- checkpoints -----------------------------------------------------------------------------------------
