@@ -13,11 +13,13 @@
 #   75  interrupted (spot notice, SIGTERM, SIGINT) with checkpoint_latest.ckpt saved: rerun this same command
 #   1   training failed
 #   2   a check failed before training started
-# Environment: PYTHON (default: python) runs resnet_ffcv.
+# Environment: PYTHON runs resnet_ffcv (default: the repository's .venv/bin/python if present, else python).
 set -uo pipefail
 
 INTERRUPTED=75
-PYTHON=${PYTHON:-python}
+repo_python="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python"
+[[ -x $repo_python ]] || repo_python=python
+PYTHON=${PYTHON:-$repo_python}
 
 say() { printf 'spot_training: %s\n' "$*" >&2; }
 fail_check() { say "check failed: $*"; exit 2; }
