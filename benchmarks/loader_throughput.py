@@ -3,8 +3,9 @@
     python benchmarks/loader_throughput.py [--images-per-class 200] [--resolutions 160 224] [--repeats 3]
     python benchmarks/loader_throughput.py --smoke      # seconds; what the test suite runs
 
-One generated JPEG set (the synthetic shapes, 64-400 px a side) is written once as an ImageFolder and, by our
-writer with the rn50 preset, as train.ffcv. All three loaders do the same work per image: random-resized crop
+One generated JPEG set (the synthetic shapes, 64-400 px a side; ``--image-sides 300 600`` for ImageNet-like
+sizes) is written once as an ImageFolder and, by our writer with the rn50 preset, as train.ffcv. All three
+loaders do the same work per image: random-resized crop
 (scale 0.08-1) to the resolution, horizontal flip, uint8 CHW, batches of ``--batch-size`` with ``--workers``
 threads or processes, and nothing moves to a GPU. Each loader runs one warm-up epoch (FFCV compiles its
 pipeline then; DataLoader starts its workers), then ``--repeats`` epochs interleaved with the other loaders so
@@ -97,24 +98,22 @@ def measure(loaders: dict[str, Iterable], repeats: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images-per-class", type=int, default=200, help="10 classes of this many JPEGs")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[160, 224])
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument(
-        "--workers", type=int, default=cores_per_rank(1), help="default: all cores of this process"
-    )
+    parser.add_argument("--workers", type=int, default=cores_per_rank(1), help="default: all cores of this process")
     parser.add_argument("--repeats", type=int, default=3, help="measured epochs per loader and resolution")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the generated data here (default: temp)")
+    parser.add_argument("--images", type=Path, default=None, help="an existing ImageFolder root (with train/)")
+    parser.add_argument("--ffcv", type=Path, default=None, help="an existing folder with train.ffcv of --images")
     parser.add_argument(
-        "--workdir", type=Path, default=None, help="keep the generated data here (default: temp)"
-    )
-    parser.add_argument(
-        "--images", type=Path, default=None, help="an existing ImageFolder root (with train/)"
-    )
-    parser.add_argument(
-        "--ffcv", type=Path, default=None, help="an existing folder with train.ffcv of --images"
+        "--image-sides",
+        type=int,
+        nargs=2,
+        default=[64, 400],
+        metavar=("MIN", "MAX"),
+        help="generated image side range in px (ImageNet-like: 300 600)",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny and quick: checks that the benchmark runs")
     args = parser.parse_args(argv)
@@ -125,7 +124,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
         root = args.workdir or Path(temp)
         image_dir, ffcv_dir = args.images or root / "images", args.ffcv or root / "ffcv"
         if not (ffcv_dir / "train.ffcv").is_file():
-            make_synthetic_imagefolder(image_dir, train_per_class=args.images_per_class, val_per_class=1)
+            make_synthetic_imagefolder(
+                image_dir,
+                train_per_class=args.images_per_class,
+                val_per_class=1,
+                min_side=args.image_sides[0],
+                max_side=args.image_sides[1],
+            )
             write_dataset(image_dir, ffcv_dir, preset="rn50", num_workers=args.workers, overwrite=True)
 
         builders: dict[str, Callable[..., Iterable]] = {
