@@ -30,7 +30,8 @@ class ParameterDigest(L.Callback):
             "global_step": trainer.global_step,
             "cluster": type(getattr(trainer.strategy, "cluster_environment", None)).__name__,
             "train_batches": trainer.num_training_batches,
-            "ffcv_distributed": getattr(trainer.train_dataloader, "distributed", None),
+            # The FFCV Loader inside the datamodule's EpochLoader wrapper.
+            "ffcv_distributed": getattr(getattr(trainer.train_dataloader, "loader", None), "distributed", None),
         }
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
