@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from resnet_ffcv.model import ImageClassifier, real_samples_on_rank, split_weight_decay
+from resnet_ffcv.model import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier, real_samples_on_rank, split_weight_decay
 from resnet_ffcv.networks import BlurPoolConv2d, build_network
 
 NO_MIX = {"cutmix_prob": 0.0, "mixup_alpha": 0.0}
@@ -255,3 +255,16 @@ def test_ddp_counts_each_validation_sample_once_and_trains_with_ema(tmp_path):
     # One step per rank (8 samples, batch 4, 2 ranks): EMA updated outside DDP, metrics reported.
     assert result["ema_updates"] == 1
     assert {"train/lr", "train/loss", "val/acc1", "val/acc1_ema"} <= result["after_fit"].keys()
+
+
+def test_normalize_hands_over_the_autocast_dtype_in_channels_last():
+    module = ImageClassifier(arch="resnet18", num_classes=10, use_ema=False)
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    exact = module.normalize(images)
+    assert exact.dtype == torch.float32 and exact.is_contiguous(memory_format=torch.channels_last)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(exact, (images.float() - mean) / std)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = module.normalize(images)
+    assert mixed.dtype == torch.bfloat16 and mixed.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(mixed.float(), exact, rtol=1e-2, atol=1e-2)  # bf16 keeps ~3 significant digits

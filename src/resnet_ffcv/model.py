@@ -182,8 +182,15 @@ class ImageClassifier(L.LightningModule):
         self._eval_seen = 0
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 NCHW -> normalized float on the device, in the network's memory format."""
-        return ((images.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+        """uint8 NCHW -> normalized on the device, in the network's memory format and the autocast dtype.
+
+        Computed in float32 (exact for 0-255), handed over in bf16/fp16 under mixed precision: the first
+        convolution would cast it anyway, and half-size inputs halve what MixUp/CutMix and conv1 read.
+        """
+        device = images.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
+        normalized = (images.float() - self.mean) / self.std
+        return normalized.to(dtype).contiguous(memory_format=self.memory_format)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network(self.normalize(images))
