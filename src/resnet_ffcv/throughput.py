@@ -6,6 +6,7 @@ Shared by ``resnet-ffcv plan`` and ``benchmarks/train_throughput.py`` so both ti
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 
 import lightning as L
 import torch
@@ -30,23 +31,40 @@ def synchronize(device: torch.device) -> None:
 
 
 class StepClock(L.Callback):
-    """Wall time from the start of step ``warmup`` to the end of the last step (CUDA synchronized at both)."""
+    """Wall time from the start of step ``warmup`` to the end of the last step (CUDA synchronized at both),
+    and the start time of every step in between (``marks``: per-step durations on the CPU, where they are real).
+    """
 
     def __init__(self, warmup: int):
         self.warmup, self.start, self.end = warmup, 0.0, 0.0
+        self.marks: list[float] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.warmup:
             synchronize(pl_module.device)
             self.start = time.perf_counter()
+        if batch_idx >= self.warmup:
+            self.marks.append(time.perf_counter())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx + 1 == trainer.num_training_batches:
+            synchronize(pl_module.device)
+            self.end = time.perf_counter()
 
     def on_train_end(self, trainer, pl_module) -> None:
-        synchronize(pl_module.device)
-        self.end = time.perf_counter()
+        if not self.end:  # stopped before the last batch (max_steps below the loader's length)
+            synchronize(pl_module.device)
+            self.end = time.perf_counter()
 
     @property
     def seconds(self) -> float:
         return self.end - self.start
+
+    @property
+    def step_seconds(self) -> list[float]:
+        """Duration of each timed step, from its start to the next one's (the last one to the end)."""
+        marks = [*self.marks, self.end]
+        return [later - earlier for earlier, later in pairwise(marks)]
 
 
 def synthetic_batch(
@@ -66,11 +84,36 @@ def time_lightning_steps(
     warmup: int,
     precision: str,
     device: torch.device,
+    **trainer_kwargs,
 ) -> float:
     """Seconds for ``steps - warmup`` training steps of ``module`` through a real Trainer on one device."""
+    return run_lightning_steps(module, batch, steps, warmup, precision, device, **trainer_kwargs).seconds
+
+
+def run_lightning_steps(
+    module: L.LightningModule,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    steps: int,
+    warmup: int,
+    precision: str,
+    device: torch.device,
+    **trainer_kwargs,
+) -> StepClock:
+    """Runs ``steps`` training steps through a real Trainer; the clock holds the timings after ``warmup``.
+
+    ``trainer_kwargs`` override the bare defaults (no logger, no progress bar), e.g. to time the Trainer as a
+    real run configures it (progress bar, a logger, ``gradient_clip_val``).
+    """
     if not 0 <= warmup < steps:
         raise ValueError(f"warmup={warmup}: expected 0 <= warmup < steps ({steps})")
     clock = StepClock(warmup)
+    settings = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        **trainer_kwargs,
+    }
     trainer = L.Trainer(
         accelerator=device.type,
         devices=1,
@@ -78,12 +121,9 @@ def time_lightning_steps(
         max_steps=steps,
         max_epochs=1,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=[clock],
+        **settings,
     )
     trainer.fit(module, train_dataloaders=RepeatedBatches(batch, steps))
-    return clock.seconds
+    return clock
