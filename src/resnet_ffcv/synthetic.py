@@ -90,10 +90,11 @@ CLASSES: list[tuple[str, Painter, tuple[int, int, int]]] = [
 ]
 
 
-def draw_sample(class_index: int, rng: random.Random) -> Image.Image:
-    """One image of class ``class_index``: random size (64-400 px a side), position, scale and colour jitter."""
+def draw_sample(class_index: int, rng: random.Random, min_side: int = 64, max_side: int = 400) -> Image.Image:
+    """One image of class ``class_index``: random size (``min_side``-``max_side`` px a side), position, scale
+    and colour jitter."""
     _, paint, colour = CLASSES[class_index]
-    width, height = rng.randint(64, 400), rng.randint(64, 400)
+    width, height = rng.randint(min_side, max_side), rng.randint(min_side, max_side)
     noise = np.random.default_rng(rng.getrandbits(32)).integers(0, 60, (height, width, 3), dtype=np.uint8)
     image = Image.fromarray(noise + np.uint8(rng.randint(0, 40)))
     side = int(min(width, height) * rng.uniform(0.45, 0.9))
@@ -109,10 +110,18 @@ def make_synthetic_imagefolder(
     val_per_class: int = 20,
     num_classes: int = len(CLASSES),
     seed: int = 0,
+    min_side: int = 64,
+    max_side: int = 400,
 ) -> Path:
-    """Write ``root/{train,val}/<class>/<n>.JPEG`` and return ``root``."""
+    """Write ``root/{train,val}/<class>/<n>.JPEG`` and return ``root``.
+
+    ``min_side``/``max_side`` bound each image side in pixels (ImageNet's typical 300-600 px for benchmarks;
+    the small default keeps tests quick).
+    """
     if not 1 <= num_classes <= len(CLASSES):
         raise ValueError(f"num_classes={num_classes}: expected 1..{len(CLASSES)}")
+    if not 16 <= min_side <= max_side:
+        raise ValueError(f"min_side={min_side}, max_side={max_side}: expected 16 <= min_side <= max_side")
     root = Path(root)
     rng = random.Random(seed)
     for split, per_class in (("train", train_per_class), ("val", val_per_class)):
@@ -120,5 +129,5 @@ def make_synthetic_imagefolder(
             class_dir = root / split / CLASSES[class_index][0]
             class_dir.mkdir(parents=True, exist_ok=True)
             for n in range(per_class):
-                draw_sample(class_index, rng).save(class_dir / f"{n:05d}.JPEG", quality=90)
+                draw_sample(class_index, rng, min_side, max_side).save(class_dir / f"{n:05d}.JPEG", quality=90)
     return root
