@@ -220,7 +220,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="steps not counted")
     parser.add_argument("--per-class", type=int, default=None, help="generated train images per class (10)")
     parser.add_argument("--sides", type=int, nargs=2, default=None, help="generated image side range, px")
-    parser.add_argument("--workers", type=int, default=cores_per_rank(1), help="FFCV threads (default: all)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="FFCV decode threads; FFCV also sets torch's thread count to it (CPU modes: 1; GPU: all cores)",
+    )
     parser.add_argument("--precision", default=None, help="Trainer precision; default: the recipe's")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (GPU)")
     parser.add_argument("--bound-threshold", type=float, default=0.10, help="wait share above which: loader")
@@ -229,6 +234,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args(argv)
     args.mode = "smoke" if args.smoke else "cpu" if args.cpu or not torch.cuda.is_available() else "gpu"
+    if args.workers is None:
+        # On a CPU shared with other jobs, one decode thread + one torch thread (FFCV sets torch's count to
+        # its own) keeps the two from spinning against each other on 2 cores.
+        args.workers = cores_per_rank(1) if args.mode == "gpu" else 1
     for key, value in MODES[args.mode].items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -25,9 +25,11 @@ import platform
 import statistics
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
@@ -133,6 +135,49 @@ def plain_loop(args, resolution: int, compile_: bool, device: torch.device) -> T
     return Timing(marks[-1] - marks[0], [later - earlier for earlier, later in pairwise(marks)])
 
 
+class SyncCounter(L.Callback):
+    """Counts the host<->device synchronizations CUDA reports during the steps after ``warmup`` (GPU only).
+
+    ``torch.cuda.set_sync_debug_mode("warn")`` makes every synchronizing call (``.item()``, a blocking copy,
+    ``bool(tensor)``) emit a warning; a step that keeps the GPU fed has none.
+    """
+
+    def __init__(self, warmup: int):
+        self.warmup = warmup
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            torch.cuda.set_sync_debug_mode("warn")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx + 1 == trainer.num_training_batches:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def count_syncs(args, resolution: int, device: torch.device) -> tuple[int, int, list[str]]:
+    """(synchronizations, steps, distinct messages) of the Lightning loop, as fit runs it, after warmup."""
+    steps, warmup = 12, 4
+    module = make_module(args, compile_=False)
+    batch = synthetic_batch(args.batch, resolution, 1000, device)
+    with tempfile.TemporaryDirectory() as logs, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_lightning_steps(
+            module,
+            batch,
+            steps,
+            warmup,
+            args.precision,
+            device,
+            logger=CSVLogger(logs),
+            log_every_n_steps=args.log_every_n_steps,
+            enable_progress_bar=True,
+            gradient_clip_val=args.gradient_clip_val,
+            callbacks=[SyncCounter(warmup)],
+        )
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+    return len(syncs), steps - warmup, sorted(set(syncs))
+
+
 def peak_tflops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -182,6 +227,8 @@ def run(args) -> list[Row]:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     torch.backends.cudnn.benchmark = True
     compile_flags = [False, True] if device.type == "cuda" and not args.no_compile else [False]
+    if args.compile_only:
+        compile_flags = [True]
     peak = peak_tflops(device)
     return [
         measure(args, resolution, compile_, device, peak)
@@ -222,8 +269,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", default=None, help="Trainer precision (bf16-mixed on GPU, 32-true on CPU)")
     parser.add_argument("--gradient-clip-val", type=float, default=1.0, help="as configs/p4d_78pct.yaml; 0: off")
     parser.add_argument("--log-every-n-steps", type=int, default=50, help="Trainer log_every_n_steps")
-    parser.add_argument("--no-compile", action="store_true", help="GPU: skip the torch.compile rows")
+    compile_group = parser.add_mutually_exclusive_group()
+    compile_group.add_argument("--no-compile", action="store_true", help="GPU: skip the torch.compile rows")
+    compile_group.add_argument("--compile-only", action="store_true", help="only the torch.compile rows")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved runs of each loop")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (CPU mode default: 1, steady on a shared machine; the GPU modes keep torch's)",
+    )
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -239,6 +294,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.threads is None and args.cpu:
+        args.threads = 1
+    if args.threads is not None:
+        # On a CPU shared with other jobs, two OpenMP threads on two busy cores wait on each other at every
+        # parallel region (steps became ~9x slower here); one thread measures the step, not the scheduler.
+        torch.set_num_threads(args.threads)
     if not 0 <= args.warmup < args.steps:
         parser.error(f"--warmup {args.warmup}: expected 0 <= warmup < steps ({args.steps})")
     if args.repeats < 1:
@@ -257,9 +318,15 @@ def main(argv: list[str] | None = None) -> list[Row]:
     rows = run(args)
     device_name = device_description(args)
     print("\n" + format_table(rows, device_name), flush=True)
+    syncs = None
+    if not args.cpu:
+        count, steps, messages = count_syncs(args, args.resolutions[0], torch.device("cuda"))
+        syncs = {"count": count, "steps": steps, "messages": messages}
+        print(f"host<->device synchronizations in {steps} Lightning steps: {count}", *messages, sep="\n  ")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"device": device_name, "rows": [asdict(row) for row in rows]}, handle, indent=1)
+            rows_json = [asdict(row) for row in rows]
+            json.dump({"device": device_name, "rows": rows_json, "syncs": syncs}, handle, indent=1)
     return rows
 
 

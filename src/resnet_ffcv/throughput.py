@@ -207,7 +207,7 @@ def run_lightning_steps(
         max_epochs=1,
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        callbacks=[clock],
+        callbacks=[clock, *settings.pop("callbacks", [])],
         **settings,
     )
     trainer.fit(module, train_dataloaders=RepeatedBatches(batch, steps))
