@@ -101,6 +101,7 @@ def recipe_overrides(args, data_dir: Path, report: Path, workdir: Path) -> Path:
             "devices": 1,
             "num_nodes": 1,
             "strategy": "auto",
+            "default_root_dir": str(workdir),  # the CLI's config.yaml goes here, not into the current folder
             "max_steps": args.steps,
             "max_epochs": 1000,  # the LR schedule spans max_epochs: the steps measured are all near its start
             "limit_val_batches": 0,
