@@ -6,15 +6,16 @@ Lightning and our module's hooks add per step (the question of Lightning issue #
 loop was 4x slower). The Trainer is set up as ``resnet-ffcv fit`` sets it up: progress bar on, a logger writing
 every ``--log-every-n-steps`` steps (CSVLogger in a temporary folder, standing in for W&B), ``gradient_clip_val``.
 
-    python benchmarks/train_throughput.py --cpu            # resnet18, 64 px, batch 16, 7 interleaved repeats
+    python benchmarks/train_throughput.py --cpu            # resnet18, 64 px, batch 16, 1 thread, 7 repeats
     python benchmarks/train_throughput.py --smoke          # seconds: checks that the benchmark runs
     python benchmarks/train_throughput.py                  # GPU: resnet50, 160/192/224 px, bf16, +/- compile
 
 Each repeat runs the plain loop and then the Lightning loop (the order alternates between repeats) and
 times steps ``warmup`` .. ``steps - 1``. The table gives the median images/s of each loop, the median and
-range of the per-repeat time ratios Lightning / plain (adjacent runs see the same background load), and on
-the CPU the ratio of the median step times (robust to load spikes from other processes). ``--json PATH``
-also writes every measurement.
+range of the per-repeat time ratios Lightning / plain (adjacent runs see the same background load), and the
+ratios of the median and of the 10th-percentile step times (per-step times are exact on the CPU; on a GPU,
+without a sync per step, only the totals are). On a GPU it then counts the host<->device synchronizations
+of a few Lightning steps. ``--json PATH`` also writes every measurement.
 """
 
 from __future__ import annotations
