@@ -30,8 +30,12 @@ step() {  # step NAME COMMAND...: stdout -> NAME.md (and the terminal), stderr -
     fi
 }
 
-{ nvidia-smi; "$python" -c 'import torch, lightning; print("torch", torch.__version__, "lightning", lightning.__version__)'; } \
-    >"$out/nvidia-smi.txt" 2>&1 || { echo "no working GPU / python here: see $out/nvidia-smi.txt" >&2; exit 1; }
+# Every benchmark falls back to its CPU mode without CUDA: refuse instead of timing the wrong thing for minutes.
+nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || { echo "nvidia-smi failed: no GPU here (see $out/nvidia-smi.txt)" >&2; exit 1; }
+"$python" -c 'import torch, lightning
+assert torch.cuda.is_available(), "torch sees no CUDA device"
+print("torch", torch.__version__, "lightning", lightning.__version__, torch.cuda.get_device_name())' \
+    >>"$out/nvidia-smi.txt" 2>&1 || { echo "no CUDA in $python: see $out/nvidia-smi.txt" >&2; exit 1; }
 
 step train_throughput "$python" benchmarks/train_throughput.py --no-compile --json "$out/train_throughput.json"
 if [ "${SKIP_COMPILE:-0}" != 1 ]; then

@@ -52,3 +52,21 @@ def test_end_to_end_prints_its_table_and_verdict(tmp_path):
     assert report["verdict"] in {"loader-bound", "compute-bound"}
     assert report["verdict"] in result.stdout
     assert (tmp_path / "work" / "ffcv" / "train.ffcv").is_file()
+
+
+def test_gpu_check_refuses_to_run_without_a_gpu(tmp_path):
+    """Without a GPU the benchmarks would fall back to their CPU modes and time the wrong thing for minutes."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    (fake_bin / "nvidia-smi").chmod(0o755)
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh"), str(tmp_path / "out")],
+        env={**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "no GPU here" in result.stderr
+    assert not (tmp_path / "out" / "train_throughput.md").exists()
