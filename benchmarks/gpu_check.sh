@@ -5,7 +5,7 @@
 #
 # Writes into OUTPUT_DIR: nvidia-smi.txt, train_throughput.md/.json (Lightning vs plain loop, 160/192/224 px,
 # bf16 + channels_last, without torch.compile; then with compile at 160 and 224), end_to_end.md/.json (the fit
-# path from a generated .ffcv at 160 px, batch 256) and *.log (stderr). About 10 minutes on one H100; the
+# path from a generated .ffcv at 160 px, batch 256) and *.log (stderr). Estimated ~10 minutes on one H100; the
 # steps are independent, and a failed one does not stop the others (the exit status says if any failed).
 # Knobs (environment): PYTHON (default: python), SKIP_COMPILE=1 (drops the torch.compile rows, ~4 min less),
 # E2E_ARGS (extra end_to_end.py arguments, e.g. "--per-class 200 --steps 80").
