@@ -53,3 +53,34 @@ def test_ema_is_frozen_and_kept_out_of_the_optimizer():
 def test_bad_decay_is_named():
     with pytest.raises(ValueError, match="model.ema_decay=1.0"):
         EMA(small_net(), decay=1.0)
+
+
+def test_update_reads_nothing_back_from_the_device(monkeypatch):
+    """After the first update, an EMA step never reads a tensor on the host (on a GPU each read is a sync);
+    a loaded state dict's count is read again."""
+    torch.manual_seed(0)
+    net = small_net()
+    net(torch.randn(2, 3, 6, 6))
+    ema = EMA(net, decay=0.5)
+    ema.update_parameters(net)
+    state = {k: v.clone() for k, v in ema.state_dict().items()}
+
+    def host_read(*_):
+        raise AssertionError("a tensor was read on the host during an EMA update")
+
+    with monkeypatch.context() as patch:
+        for name in ("item", "__bool__", "tolist", "__int__", "__float__"):
+            patch.setattr(torch.Tensor, name, host_read)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(2.0)
+        ema.update_parameters(net)
+    assert ema.num_updates == 2
+    first = next(iter(ema.module.parameters()))
+    torch.testing.assert_close(first, next(iter(net.parameters())) - 1.0)  # halfway: decay 0.5
+
+    state["n_averaged"] = torch.tensor(0)  # a checkpoint from before any update: the next one copies
+    ema.load_state_dict(state)
+    ema.update_parameters(net)
+    torch.testing.assert_close(next(iter(ema.module.parameters())), next(iter(net.parameters())))
+    assert ema.num_updates == 1

@@ -1,8 +1,14 @@
 """An exponential moving average of the network's weights and BatchNorm statistics.
 
-``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn`` does the averaging. We subclass it only
-because its EMA function blends integer buffers in float and truncates the result back into the integer
-(BatchNorm's ``num_batches_tracked`` would stay stuck at its first value): those are copied instead.
+``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn`` does the averaging. We subclass it for
+two reasons:
+
+- its EMA function blends integer buffers in float and truncates the result back into the integer (BatchNorm's
+  ``num_batches_tracked`` would stay stuck at its first value): those are copied instead;
+- its ``update_parameters`` branches on the device tensor ``n_averaged`` (``bool(self.n_averaged == 0)``,
+  ``if self.n_averaged > 0``): two GPU->host reads per optimizer step, each of which waits for every queued
+  kernel, so the GPU idles while the next step's kernels are launched. Here the count is mirrored on the host
+  and read from the device once (after construction or a checkpoint load).
 
 Lightning 2.6's ``EMAWeightAveraging`` callback swaps the EMA weights in for every validation and so
 reports no raw-weight metric; the module keeps this copy itself to report both.
@@ -33,13 +39,34 @@ class EMA(AveragedModel):
         super().__init__(network, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
         self.decay = decay
         self.requires_grad_(False)
+        self._host_updates: int | None = None  # mirrors n_averaged; None: read it from the buffer once
 
     @torch.no_grad()
     def update_parameters(self, model: nn.Module) -> None:
-        super().update_parameters(model)
-        for ema_buffer, buffer in zip(self.module.buffers(), model.buffers(), strict=True):
-            if not (ema_buffer.is_floating_point() or ema_buffer.is_complex()):
-                ema_buffer.copy_(buffer)
+        """One EMA step (the first copies), with no device->host synchronization."""
+        if self._host_updates is None:
+            self._host_updates = int(self.n_averaged.item())
+        ema_tensors = [*self.module.parameters(), *self.module.buffers()]
+        pairs = zip(ema_tensors, [*model.parameters(), *model.buffers()], strict=True)
+        groups: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        for ema_tensor, tensor in pairs:
+            if ema_tensor.is_floating_point() or ema_tensor.is_complex():
+                ema_list, model_list = groups.setdefault((ema_tensor.device, ema_tensor.dtype), ([], []))
+                ema_list.append(ema_tensor.detach())
+                model_list.append(tensor.detach().to(ema_tensor.device))
+            else:  # integer buffers (num_batches_tracked): copied, never blended
+                ema_tensor.copy_(tensor)
+        for (device, _), (ema_list, model_list) in groups.items():
+            if self._host_updates == 0:
+                torch._foreach_copy_(ema_list, model_list)
+            else:
+                self.multi_avg_fn(ema_list, model_list, self.n_averaged.to(device))
+        self.n_averaged += 1
+        self._host_updates += 1
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._host_updates = None  # n_averaged may have changed: read it again at the next update
 
     @property
     def num_updates(self) -> int:

@@ -209,9 +209,7 @@ class ImageClassifier(L.LightningModule):
             return trainer.max_steps / trainer.num_training_batches
         if self.hparams.scheduler == "constant":
             return 1.0
-        raise ValueError(
-            f"model.scheduler={self.hparams.scheduler}: needs trainer.max_epochs (or max_steps) to end"
-        )
+        raise ValueError(f"model.scheduler={self.hparams.scheduler}: needs trainer.max_epochs (or max_steps) to end")
 
     def peak_lr(self, global_batch: int) -> float:
         reference = self.hparams.lr_reference_batch
@@ -227,7 +225,9 @@ class ImageClassifier(L.LightningModule):
         lr = self.lr_at(self.fractional_epoch(batch_idx), global_batch)
         for group in self.trainer.optimizers[0].param_groups:
             group["lr"] = lr
-        self.log("train/lr", lr, on_step=True, on_epoch=False)
+        # A host tensor: self.log would turn a float into ``torch.tensor(lr, device=cuda)``, a blocking
+        # host->device copy that synchronizes the stream on every step.
+        self.log("train/lr", torch.tensor(lr, dtype=torch.float32), on_step=True, on_epoch=False)
 
     # -- training --------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -236,7 +236,9 @@ class ImageClassifier(L.LightningModule):
         logits = self.network(inputs.contiguous(memory_format=self.memory_format))
         # Targets are class indices or (mixed) probabilities; either way PyTorch smooths them once here.
         loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        # Not on the progress bar: it reads its metrics with ``.item()`` at every refresh (each step by default),
+        # a device->host sync per step. Loggers read it every ``trainer.log_every_n_steps`` steps.
+        self.log("train/loss", loss, on_step=True, on_epoch=True)
         return loss
 
     def optimizer_step(self, *args, **kwargs) -> None:
@@ -314,9 +316,7 @@ class ImageClassifier(L.LightningModule):
             self.eval_metrics["loss" + suffix](loss, weight=labels.shape[0])
             for name in ("loss", "acc1", "acc5"):
                 metric = self.eval_metrics[name + suffix]
-                self.log(
-                    f"{stage}/{name}{suffix}", metric, prog_bar=name == "acc1", batch_size=labels.shape[0]
-                )
+                self.log(f"{stage}/{name}{suffix}", metric, prog_bar=name == "acc1", batch_size=labels.shape[0])
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "val")

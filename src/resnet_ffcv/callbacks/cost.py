@@ -62,10 +62,13 @@ class CostMonitor(L.Callback):
             return
         now = time.monotonic()
         # Wall time between logging points, no CUDA sync: exact on average, which is what a progress bar needs.
-        pl_module.log("images_per_sec", self._window_images / max(1e-9, now - self._window_start), prog_bar=True)
+        # Host tensors: a float becomes a device tensor in self.log (a blocking copy), and the progress bar
+        # reads every prog_bar value with .item() at each refresh until the epoch ends (a sync per step).
+        rate = self._window_images / max(1e-9, now - self._window_start)
+        pl_module.log("images_per_sec", torch.tensor(rate), prog_bar=True)
         self._window_start, self._window_images = now, 0
-        pl_module.log("cost/elapsed_hours", self.elapsed_seconds() / 3600)
-        pl_module.log("cost/usd", self.cost_usd(), prog_bar=True)
+        pl_module.log("cost/elapsed_hours", torch.tensor(self.elapsed_seconds() / 3600))
+        pl_module.log("cost/usd", torch.tensor(self.cost_usd()), prog_bar=True)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.log("time/epoch_seconds", time.monotonic() - self._epoch_start)

@@ -1,0 +1,72 @@
+"""The performance benchmarks run end to end in their tiny modes and print their tables (speed is not asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from .conftest import REPO
+
+BENCHMARKS = REPO / "benchmarks"
+
+
+def run_benchmark(name: str, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_train_throughput_prints_its_table(tmp_path):
+    out = tmp_path / "rows.json"
+    result = run_benchmark("train_throughput.py", "--smoke", "--repeats", "2", "--json", str(out))
+    assert "| arch | res | batch | precision | compile | plain img/s | Lightning img/s |" in result.stdout
+    assert "| resnet18 | 32 | 4 | 32-true | False |" in result.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1
+    row = rows[0]
+    assert len(row["plain_seconds"]) == len(row["lightning_seconds"]) == 2
+    assert row["plain_images_per_s"] > 0 and row["lightning_images_per_s"] > 0
+    assert row["ratio_min"] <= row["ratio_median"] <= row["ratio_max"]
+
+
+def test_end_to_end_prints_its_table_and_verdict(tmp_path):
+    out = tmp_path / "result.json"
+    result = run_benchmark("end_to_end.py", "--smoke", "--workdir", str(tmp_path / "work"), "--json", str(out))
+    assert "| loader alone img/s | model alone img/s | fit img/s |" in result.stdout
+    report = json.loads(out.read_text())
+    fit = report["fit"]
+    # The fit run went through the CLI: its DataWaitMonitor counted exactly the steps after the warm-up.
+    assert fit["steps"] == report["steps"] - report["warmup"]
+    assert fit["images"] == fit["steps"] * report["batch"]
+    assert 0.0 <= fit["wait_share"] < 1.0
+    assert report["verdict"] in {"loader-bound", "compute-bound"}
+    assert report["verdict"] in result.stdout
+    assert (tmp_path / "work" / "ffcv" / "train.ffcv").is_file()
+
+
+def test_gpu_check_refuses_to_run_without_a_gpu(tmp_path):
+    """Without a GPU the benchmarks would fall back to their CPU modes and time the wrong thing for minutes."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    (fake_bin / "nvidia-smi").chmod(0o755)
+    result = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh"), str(tmp_path / "out")],
+        env={**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "no GPU here" in result.stderr
+    assert not (tmp_path / "out" / "train_throughput.md").exists()
