@@ -21,7 +21,8 @@ def images_in_batch(batch: Any) -> int:
 
 
 class CostMonitor(L.Callback):
-    """Logs ``cost/elapsed_hours``, ``cost/usd``, ``time/epoch_seconds``, ``gpu/max_memory_gb`` and ``images_per_sec``.
+    """Logs ``cost/elapsed_hours``, ``cost/usd``, ``time/epoch_seconds``, ``gpu/max_memory_gb`` and ``images_per_sec``;
+    puts images/s, dollars and the loss on the progress bar every ``log_every_n_steps``.
 
     Args:
         price_per_hour: instance price in USD per hour (p4d.24xlarge spot was ~$11/h in the seed's notes);
@@ -69,6 +70,11 @@ class CostMonitor(L.Callback):
         self._window_start, self._window_images = now, 0
         pl_module.log("cost/elapsed_hours", torch.tensor(self.elapsed_seconds() / 3600))
         pl_module.log("cost/usd", torch.tensor(self.cost_usd()), prog_bar=True)
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            # The loss on the console: one device->host copy per log_every_n_steps instead of the per-step sync
+            # that logging train/loss with prog_bar=True costs. W&B gets train/loss from the module.
+            pl_module.log("loss", loss.detach().float().cpu(), prog_bar=True, logger=False)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.log("time/epoch_seconds", time.monotonic() - self._epoch_start)
