@@ -225,9 +225,26 @@ class ImageClassifier(L.LightningModule):
         lr = self.lr_at(self.fractional_epoch(batch_idx), global_batch)
         for group in self.trainer.optimizers[0].param_groups:
             group["lr"] = lr
-        # A host tensor: self.log would turn a float into ``torch.tensor(lr, device=cuda)``, a blocking
-        # host->device copy that synchronizes the stream on every step.
-        self.log("train/lr", torch.tensor(lr, dtype=torch.float32), on_step=True, on_epoch=False)
+        if self._reaches_loggers(batch_idx):
+            # A host tensor: self.log would turn a float into ``torch.tensor(lr, device=cuda)``, a blocking
+            # host->device copy that synchronizes the stream.
+            self.log("train/lr", torch.tensor(lr, dtype=torch.float32), on_step=True, on_epoch=False)
+
+    def _reaches_loggers(self, batch_idx: int) -> bool:
+        """Whether a step-only value logged in this batch is ever read: on the steps Lightning writes to the
+        loggers (its ``log_every_n_steps`` rule), and on an epoch's or the run's last batch (callback metrics).
+
+        Each ``self.log`` call costs ~4 ms of host time on a small CPU (Lightning deep-copies the metric's
+        metadata); measured on resnet18 at 64 px, logging the LR every step made the step 2% slower.
+        """
+        trainer = self.trainer
+        step = trainer.global_step + 1
+        every = trainer.log_every_n_steps
+        return (
+            (every > 0 and step % every == 0)
+            or batch_idx + 1 == trainer.num_training_batches
+            or (trainer.max_steps > 0 and step >= trainer.max_steps)
+        )
 
     # -- training --------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
