@@ -69,10 +69,7 @@ def main() -> None:
                 rows.append((contents, name, seconds, size_mb))
     finally:
         shutil.rmtree(args.directory, ignore_errors=True)
-    print(
-        f"ResNet-50 checkpoint save, median of {args.repeats}, torch {torch.__version__}, "
-        f"into {args.directory}"
-    )
+    print(f"ResNet-50 checkpoint save, median of {args.repeats}, torch {torch.__version__}, into {args.directory}")
     print(f"| {'contents':<26} | {'writer':<18} | {'seconds':>7} | {'MB':>6} |")
     print(f"|{'-' * 28}|{'-' * 20}|{'-' * 9}|{'-' * 8}|")
     for contents, name, seconds, size_mb in rows:

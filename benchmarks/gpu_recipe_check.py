@@ -25,9 +25,7 @@ class SameBatch:
     """``length`` times the same (images, labels) batch, created once on ``device``."""
 
     def __init__(self, batch_size: int, resolution: int, num_classes: int, length: int, device: torch.device):
-        images = torch.randint(
-            0, 256, (batch_size, 3, resolution, resolution), dtype=torch.uint8, device=device
-        )
+        images = torch.randint(0, 256, (batch_size, 3, resolution, resolution), dtype=torch.uint8, device=device)
         self.batch = (
             images.contiguous(memory_format=torch.channels_last),
             torch.randint(0, num_classes, (batch_size,), device=device),
@@ -118,9 +116,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--precision", default="bf16-mixed")
-    parser.add_argument(
-        "--warmup", type=int, default=15, help="untimed steps (compilation, cudnn autotuning)"
-    )
+    parser.add_argument("--warmup", type=int, default=15, help="untimed steps (compilation, cudnn autotuning)")
     parser.add_argument("--steps", type=int, default=40, help="timed steps")
     parser.add_argument("--no-compile", action="store_true", help="only the eager run")
     parser.add_argument("--cpu-smoke", action="store_true", help="resnet18, 32 px, batch 4, 1 + 2 steps, CPU")

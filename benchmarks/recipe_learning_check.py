@@ -32,9 +32,7 @@ class EpochTable(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
-        metrics = {
-            key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")
-        }
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")}
         row = {"epoch": trainer.current_epoch, "seconds": time.perf_counter() - self.start, **metrics}
         self.rows.append(row)
         nan = float("nan")

@@ -24,9 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 
-def make_imagenet_like(
-    root: Path, images: int, classes: int, min_side: int, max_side: int, seed: int = 0
-) -> None:
+def make_imagenet_like(root: Path, images: int, classes: int, min_side: int, max_side: int, seed: int = 0) -> None:
     """Photo-like JPEGs (smooth colour, shapes, grain) of random size at quality 90, in ImageFolder layout.
 
     Pure noise would be several times bigger and slower to decode than a photo; flat colour much smaller.
@@ -85,9 +83,7 @@ def run_ours(root: Path, output_dir: Path, preset_name: str, workers: int, chunk
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=960, help="generated JPEGs")
     parser.add_argument("--classes", type=int, default=16)
     parser.add_argument("--min-side", type=int, default=300)
@@ -132,9 +128,7 @@ def main() -> None:
                         root / "images", root / "out" / "train.ffcv", preset, args.workers, args.chunk_size
                     )
                 else:
-                    count = run_ours(
-                        root / "images", root / "out", args.preset, args.workers, args.chunk_size
-                    )
+                    count = run_ours(root / "images", root / "out", args.preset, args.workers, args.chunk_size)
                 seconds[name].append(time.perf_counter() - begin)
                 assert count == args.images, f"{name} wrote {count} of {args.images} images"
     finally:

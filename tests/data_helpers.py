@@ -37,9 +37,7 @@ def write_indexed_ffcv(out: Path, train: int = 80, val: int = 41) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for name, count, seed in (("train", train, 0), ("val", val, 1)):
         fields = {"image": RGBImageField(write_mode="jpg"), "label": IntField()}
-        DatasetWriter(str(out / f"{name}.ffcv"), fields, num_workers=1).from_indexed_dataset(
-            _Indexed(count, seed)
-        )
+        DatasetWriter(str(out / f"{name}.ffcv"), fields, num_workers=1).from_indexed_dataset(_Indexed(count, seed))
     classes = [{"index": i, "wnid": f"c{i}", "name": f"c{i}"} for i in range(max(train, val))]
     (out / "classes.json").write_text(json.dumps(classes))
     return out

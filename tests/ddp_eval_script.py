@@ -40,9 +40,7 @@ def main(out_path: str) -> None:
     quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", enable_model_summary=False, **quiet)
     logged = trainer.validate(model, val, verbose=False)[0]
-    fit = L.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, num_sanity_val_steps=0, **quiet
-    )
+    fit = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, num_sanity_val_steps=0, **quiet)
     fit.fit(model, train, val)
     if fit.global_rank == 0:
         result = {

@@ -71,9 +71,7 @@ class CLIProcess:
                 self._reader.join(timeout=5)
                 if condition():
                     return
-                raise AssertionError(
-                    f"process exited ({self.process.returncode}) before {what}:\n{self.output}"
-                )
+                raise AssertionError(f"process exited ({self.process.returncode}) before {what}:\n{self.output}")
             if time.monotonic() > deadline:
                 self.process.kill()
                 raise AssertionError(f"no {what} within {timeout} s:\n{self.output}")

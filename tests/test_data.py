@@ -92,9 +92,7 @@ def test_bad_settings_are_named(indexed_dir):
         uneven.setup("fit")
     too_big = datamodule(indexed_dir, batch_size=32)
     too_big.trainer = trainer
-    with pytest.raises(
-        ValueError, match=r"data\.batch_size=32: .* 27 per rank for 3 ranks: not one full batch"
-    ):
+    with pytest.raises(ValueError, match=r"data\.batch_size=32: .* 27 per rank for 3 ranks: not one full batch"):
         too_big.setup("fit")
 
 
@@ -146,9 +144,9 @@ def test_trainer_resume_mid_epoch(indexed_dir, tmp_path):
     checkpoint = tmp_path / "mid.ckpt"
     before = ProbeModule()
     with pytest.raises(RuntimeError, match="interrupted"):
-        L.Trainer(
-            **trainer_kwargs(max_epochs=3, limit_val_batches=0, callbacks=[InterruptAt(checkpoint, 1, 3)])
-        ).fit(before, datamodule=datamodule(indexed_dir))
+        L.Trainer(**trainer_kwargs(max_epochs=3, limit_val_batches=0, callbacks=[InterruptAt(checkpoint, 1, 3)])).fit(
+            before, datamodule=datamodule(indexed_dir)
+        )
     assert ffcv_threads() == 0, "the interruption stopped the half-read iterator"
     saved = torch.load(checkpoint, weights_only=False)["FFCVDataModule"]
     assert saved == {"epoch": 1, "batches": 3, "batch_size": BATCH, "world_size": 1}
@@ -195,9 +193,7 @@ def test_epochs_ending_early_leak_no_threads_or_memory(indexed_dir):
     gauge = Gauge()
     # batches_ahead=8: an abandoned iterator would hold 8 decoded batches and keep decoding.
     data = datamodule(indexed_dir, batches_ahead=8, train_resolution=64, val_resolution=64)
-    trainer = L.Trainer(
-        **trainer_kwargs(max_epochs=30, limit_train_batches=2, limit_val_batches=1, callbacks=[gauge])
-    )
+    trainer = L.Trainer(**trainer_kwargs(max_epochs=30, limit_train_batches=2, limit_val_batches=1, callbacks=[gauge]))
     trainer.fit(ProbeModule(), datamodule=data)
     threads = [count for _, count, _ in gauge.samples]
     assert len(gauge.samples) == 30
@@ -219,9 +215,7 @@ def test_loader_benchmark_smoke(image_folder, ffcv_dir, capsys):
     spec = importlib.util.spec_from_file_location("loader_throughput", path)
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
-    rows = benchmark.main(
-        ["--smoke", "--images", str(image_folder), "--ffcv", str(ffcv_dir), "--workers", "1"]
-    )
+    rows = benchmark.main(["--smoke", "--images", str(image_folder), "--ffcv", str(ffcv_dir), "--workers", "1"])
     assert [row["resolution"] for row in rows] == [32]
     assert all(row[name] > 0 for row in rows for name in ("ours", "bare ffcv", "ImageFolder+PIL"))
     assert "| 32 |" in capsys.readouterr().out

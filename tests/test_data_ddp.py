@@ -48,6 +48,4 @@ def test_ddp_shards_orders_resolution_and_validation(tmp_path):
     assert sorted(per_rank[0]) == sorted(list(range(0, 41, 2)) * 2)
     assert sorted(per_rank[1]) == sorted(list(range(1, 41, 2)) * 2)
     for rank in ranks:
-        assert rank["val_synced"] == [list(range(41))] * 2, (
-            "torchmetrics' synced state counts each sample once"
-        )
+        assert rank["val_synced"] == [list(range(41))] * 2, "torchmetrics' synced state counts each sample once"

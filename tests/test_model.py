@@ -21,9 +21,7 @@ def test_weight_decay_exempts_exactly_batchnorm_and_biases():
     exempt_names = {names[id(p)] for p in exempt}
     # Independent of the code's type test: in a torchvision ResNet the BatchNorms are bn1/bn2/bn3 and
     # downsample.1, and the only bias is the classifier's.
-    expected = {
-        name for name in names.values() if name.endswith(".bias") or ".bn" in name or name.startswith("bn1.")
-    }
+    expected = {name for name in names.values() if name.endswith(".bias") or ".bn" in name or name.startswith("bn1.")}
     expected |= {name for name in names.values() if ".downsample.1." in name}
     assert exempt_names == expected
     assert "layer2.0.downsample.1.weight" in exempt_names and "fc.bias" in exempt_names
@@ -54,9 +52,7 @@ def test_blurpool_wraps_strided_convs_past_the_stem():
 
 def test_zero_init_residual_makes_blocks_identity():
     network = build_network("resnet50", num_classes=10, zero_init_residual=True).eval()
-    assert all(
-        block.bn3.weight.abs().sum() == 0 for layer in (network.layer1, network.layer4) for block in layer
-    )
+    assert all(block.bn3.weight.abs().sum() == 0 for layer in (network.layer1, network.layer4) for block in layer)
     x = torch.randn(2, 256, 8, 8).contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(network.layer1[1](x), torch.relu(x))
     with pytest.raises(ValueError, match="zero_init_residual"):
@@ -201,9 +197,7 @@ def test_checkpoint_round_trip_restores_optimizer_schedule_ema_and_epoch(tmp_pat
 
     assert resumed.at_start["epoch"] == 1 and resumed.at_start["global_step"] == 4
     _assert_same(resumed.at_start["optimizer"], checkpoint["optimizer_states"][0], "optimizer")
-    ema_saved = {
-        key[len("ema.") :]: value for key, value in checkpoint["state_dict"].items() if key.startswith("ema.")
-    }
+    ema_saved = {key[len("ema.") :]: value for key, value in checkpoint["state_dict"].items() if key.startswith("ema.")}
     _assert_same(resumed.at_start["ema"], ema_saved, "ema")
     assert resumed.at_start["ema"]["n_averaged"].item() == 4
 

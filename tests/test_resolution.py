@@ -144,9 +144,7 @@ def test_stages_through_lightning_and_a_resume(indexed_dir, tmp_path):
 
     second = ProbeModule()
     resumed = RecordingDataModule(str(indexed_dir), batch_size=8, num_workers=2, train_resolution=64)
-    trainer = L.Trainer(
-        **trainer_kwargs(max_epochs=4, callbacks=[ProgressiveResolution(stages=stages)], **common)
-    )
+    trainer = L.Trainer(**trainer_kwargs(max_epochs=4, callbacks=[ProgressiveResolution(stages=stages)], **common))
     trainer.fit(second, datamodule=resumed, ckpt_path=checkpoint)
     assert seen_per_epoch(second) == {2: ({48}, {16}, 4), 3: ({48}, {16}, 4)}
     # Lightning builds the first loader while current_epoch still reads 1; the datamodule knows it is epoch 2.

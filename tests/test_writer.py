@@ -185,26 +185,20 @@ def test_fail_policies_refuse_before_writing_and_name_the_paths(messy_folder, tm
         write_dataset(messy_folder, tmp_path, num_workers=1, **{**ALL_SKIP, f"on_{kind}": "fail"})
     assert f"on_{kind}: skip" in str(error.value)
     assert not list(tmp_path.glob("*.ffcv")) and not list(tmp_path.glob(".*.partial"))
-    refused = [
-        p for p in json.loads((tmp_path / REPORT_FILE).read_text())["problems"] if p["action"] == "refused"
-    ]
+    refused = [p for p in json.loads((tmp_path / REPORT_FILE).read_text())["problems"] if p["action"] == "refused"]
     assert refused and all(p["kind"] == kind for p in refused)
 
 
 def test_unreadable_image_under_fail_policy_stops_with_its_path_and_leaves_no_file(messy_folder, tmp_path):
     with pytest.raises(WriteAborted, match=r"(truncated|garbage)\.JPEG"):
-        write_dataset(
-            messy_folder, tmp_path, num_workers=2, chunk_size=2, **{**ALL_SKIP, "on_unreadable": "fail"}
-        )
+        write_dataset(messy_folder, tmp_path, num_workers=2, chunk_size=2, **{**ALL_SKIP, "on_unreadable": "fail"})
     assert sorted(path.name for path in tmp_path.iterdir() if "ffcv" in path.name) == []
     assert not (tmp_path / MANIFEST_FILE).exists()
     report = json.loads((tmp_path / REPORT_FILE).read_text())
     assert any(p["kind"] == "unreadable" and "JPEG" in p["where"] for p in report["problems"])
 
 
-def test_rerun_skips_complete_splits_refuses_other_outputs_and_overwrites_on_request(
-    image_folder, tmp_path, capsys
-):
+def test_rerun_skips_complete_splits_refuses_other_outputs_and_overwrites_on_request(image_folder, tmp_path, capsys):
     names = tmp_path / "LOC_synset_mapping.txt"
     names.write_text("blue_triangle a blue triangle\nred_circle a red circle, round\n")
     args = dict(splits=("val",), preset="rn18", num_workers=1, class_names_file=str(names))

@@ -51,9 +51,7 @@ def cores_per_rank(devices_per_node: int) -> int:
 
 def check_resolution(resolution: int, key: str) -> int:
     if not isinstance(resolution, int) or resolution <= 0 or resolution % RESOLUTION_MULTIPLE:
-        raise ValueError(
-            f"{key}={resolution!r}: expected a positive multiple of {RESOLUTION_MULTIPLE} pixels"
-        )
+        raise ValueError(f"{key}={resolution!r}: expected a positive multiple of {RESOLUTION_MULTIPLE} pixels")
     return resolution
 
 
@@ -66,9 +64,7 @@ def inspect_ffcv(path: Path, num_classes: int) -> int:
     from ffcv.reader import Reader
 
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: missing .ffcv file (check data.data_dir / data.train_file / data.val_file)"
-        )
+        raise FileNotFoundError(f"{path}: missing .ffcv file (check data.data_dir / data.train_file / data.val_file)")
     try:
         reader = Reader(str(path))
     except Exception as error:  # numpy / ffcv errors say nothing about which file
@@ -267,14 +263,10 @@ class FFCVDataModule(L.LightningDataModule):
         self.train_resolution = check_resolution(train_resolution, "data.train_resolution")
         check_resolution(val_resolution, "data.val_resolution")
         if batch_size < 1 or (global_batch_size is not None and global_batch_size < 1):
-            raise ValueError(
-                f"data.batch_size={batch_size}, data.global_batch_size={global_batch_size}: expected >= 1"
-            )
+            raise ValueError(f"data.batch_size={batch_size}, data.global_batch_size={global_batch_size}: expected >= 1")
         self.train_batch_size: int | None = None  # from a TrainSchedule stage; None: the configured one
         self._schedule: TrainSchedule | None = None
-        self._train_loaders: dict[
-            int, EpochLoader
-        ] = {}  # by batch size: a new size means a new (compiled) Loader
+        self._train_loaders: dict[int, EpochLoader] = {}  # by batch size: a new size means a new (compiled) Loader
         self._val_loader: EpochLoader | None = None
         self._standalone_epoch = 0  # the epoch counter when no Trainer is attached
         self._resume: dict[str, int] | None = None

@@ -143,9 +143,7 @@ def write_ffcv(
                 time.sleep(0.5)  # let a dying worker's last report arrive
                 drain_events()
                 dead = [p.exitcode for p in processes]
-                raise WriteAborted(
-                    f"{path.name}: a writer process died (exit codes {dead}) at {previous}/{total}"
-                )
+                raise WriteAborted(f"{path.name}: a writer process died (exit codes {dead}) at {previous}/{total}")
             time.sleep(0.1)
         progress.close()
         allocation_list = []
@@ -157,9 +155,7 @@ def write_ffcv(
                     break
                 except queue.Empty:
                     if all(p.exitcode is not None for p in processes) and allocations.empty():
-                        raise WriteAborted(
-                            f"{path.name}: writer processes exited without reporting"
-                        ) from None
+                        raise WriteAborted(f"{path.name}: writer processes exited without reporting") from None
         for process in processes:
             process.join()
         drain_events()

@@ -32,9 +32,7 @@ class StoredImages:
         self.fields = {name: type(handler).__name__ for name, handler in self.reader.handlers.items()}
         for name, kind in (("image", RGBImageField), ("label", IntField)):
             if not isinstance(self.reader.handlers.get(name), kind):
-                raise ValueError(
-                    f"{self.path}: expected a field {name!r} of type {kind.__name__}, found {self.fields}"
-                )
+                raise ValueError(f"{self.path}: expected a field {name!r} of type {kind.__name__}, found {self.fields}")
         names = self.reader.field_names
         self.meta = self.reader.metadata[f"f{names.index('image')}"]
         self.labels = np.asarray(self.reader.metadata[f"f{names.index('label')}"], dtype=np.int64)
@@ -77,9 +75,7 @@ def _stats(values: np.ndarray) -> dict:
     }
 
 
-def draw_grid(
-    images: list[np.ndarray], captions: list[str], path: Path, cell: int = 160, columns: int = 6
-) -> None:
+def draw_grid(images: list[np.ndarray], captions: list[str], path: Path, cell: int = 160, columns: int = 6) -> None:
     """Thumbnails (longest side ``cell``) on a white sheet, each captioned under it."""
     from PIL import Image, ImageDraw
 
@@ -171,10 +167,7 @@ def inspect_dataset(
 
 def _print(summary: dict) -> None:
     labels, sizes = summary["labels"], summary["stored_size"]
-    print(
-        f"{summary['file']}: {summary['images']} images, {summary['bytes'] / 1e9:.3f} GB, "
-        f"fields {summary['fields']}"
-    )
+    print(f"{summary['file']}: {summary['images']} images, {summary['bytes'] / 1e9:.3f} GB, fields {summary['fields']}")
     print(
         f"  labels: {labels['classes_present']}/{summary['classes']} classes present, "
         f"per class {labels['per_class']}, "

@@ -59,9 +59,7 @@ class MixPolicy:
             return self.cutmix
         return self.mixup
 
-    def __call__(
-        self, images: torch.Tensor, labels: torch.Tensor, epoch: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Float images (N, C, H, W) and class indices (N,) -> mixed images and targets.
 
         The targets are class indices when the batch is left alone and probabilities (N, num_classes)

@@ -140,9 +140,7 @@ class ImageClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if lr_reference_batch is not None and lr_reference_batch <= 0:
-            raise ValueError(
-                f"model.lr_reference_batch={lr_reference_batch}: expected a positive batch size or null"
-            )
+            raise ValueError(f"model.lr_reference_batch={lr_reference_batch}: expected a positive batch size or null")
         if predict_top_k < 1:
             raise ValueError(f"model.predict_top_k={predict_top_k}: expected at least 1")
         if not 0.0 <= label_smoothing < 1.0:

@@ -45,13 +45,7 @@ def zero_init_last_bn(module: nn.Module) -> int:
     (Goyal et al., 2017); the same as torchvision's ``zero_init_residual``. Returns how many blocks."""
     blocks = 0
     for block in module.modules():
-        last_bn = (
-            block.bn3
-            if isinstance(block, Bottleneck)
-            else block.bn2
-            if isinstance(block, BasicBlock)
-            else None
-        )
+        last_bn = block.bn3 if isinstance(block, Bottleneck) else block.bn2 if isinstance(block, BasicBlock) else None
         if last_bn is not None:
             nn.init.zeros_(last_bn.weight)
             blocks += 1
@@ -68,14 +62,10 @@ def build_network(
     """Any torchvision classification model by name, randomly initialised (nothing is downloaded)."""
     available = torchvision.models.list_models(module=torchvision.models)
     if arch not in available:
-        raise ValueError(
-            f"model.arch={arch!r}: not a torchvision classification model (e.g. resnet50, resnet18)"
-        )
+        raise ValueError(f"model.arch={arch!r}: not a torchvision classification model (e.g. resnet50, resnet18)")
     network = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     if zero_init_residual and zero_init_last_bn(network) == 0:
-        raise ValueError(
-            f"model.zero_init_residual=true: {arch} has no ResNet BasicBlock/Bottleneck to zero-init"
-        )
+        raise ValueError(f"model.zero_init_residual=true: {arch} has no ResNet BasicBlock/Bottleneck to zero-init")
     if blurpool:
         apply_blurpool(network)
     if channels_last:

@@ -81,9 +81,7 @@ class Schedule:
         if self.warmup_epochs < 0:
             raise ValueError(f"model.warmup_epochs={self.warmup_epochs}: expected >= 0")
         if self.name == "triangular" and self.peak_epoch <= 0:
-            raise ValueError(
-                f"model.lr_peak_epoch={self.peak_epoch}: expected > 0 for the triangular schedule"
-            )
+            raise ValueError(f"model.lr_peak_epoch={self.peak_epoch}: expected > 0 for the triangular schedule")
 
     def __call__(self, epoch: float, max_epochs: float) -> float:
         if self.name == "onecycle":

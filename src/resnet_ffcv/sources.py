@@ -79,9 +79,7 @@ def decode_rgb(data: str | Path | bytes, where: str) -> np.ndarray:
             else:
                 rgb = image if mode == "RGB" else image.convert("RGB")
             array = np.asarray(rgb)
-    except (
-        Exception
-    ) as error:  # PIL raises many types (OSError, SyntaxError, ValueError...); all mean "unreadable"
+    except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError...); all mean "unreadable"
         raise UnreadableImage(f"{where}: cannot decode image ({type(error).__name__}: {error})") from error
     if array.ndim != 3 or array.shape[2] != 3 or min(array.shape[:2]) < 1:
         raise UnreadableImage(f"{where}: decoded to an unexpected shape {array.shape}")
@@ -147,9 +145,7 @@ def list_imagefolder(
     for split in splits:
         split_dir = source_dir / split
         if not split_dir.is_dir():
-            raise FileNotFoundError(
-                f"{split_dir}: missing split folder (expected <class>/<image files> inside)"
-            )
+            raise FileNotFoundError(f"{split_dir}: missing split folder (expected <class>/<image files> inside)")
         scans[split] = scan_imagefolder_split(split_dir)
         files, problems = scans[split]
         loose = sum(1 for problem in problems if problem.detail == "a file beside the class folders")
@@ -160,9 +156,7 @@ def list_imagefolder(
             )
     first_files, _ = scans[splits[0]]
     if not first_files:
-        raise FileNotFoundError(
-            f"{source_dir / splits[0]}: no class folders (expected <class>/<image files>)"
-        )
+        raise FileNotFoundError(f"{source_dir / splits[0]}: no class folders (expected <class>/<image files>)")
     wnids = [name for name, found in first_files.items() if found]
     index = {wnid: label for label, wnid in enumerate(wnids)}
 
@@ -172,9 +166,7 @@ def list_imagefolder(
         samples = []
         for folder, found in files.items():
             if not found:
-                problems.append(
-                    Problem("empty_class", split, str(source_dir / split / folder), "no image files")
-                )
+                problems.append(Problem("empty_class", split, str(source_dir / split / folder), "no image files"))
             elif folder not in index:
                 problems.append(
                     Problem(
@@ -188,9 +180,7 @@ def list_imagefolder(
                 samples.extend((path, index[folder]) for path in found)
         if split != splits[0]:
             for wnid in sorted(set(index) - set(name for name, found in files.items() if found)):
-                problems.append(
-                    Problem("class_mismatch", split, str(source_dir / split / wnid), "class has no images")
-                )
+                problems.append(Problem("class_mismatch", split, str(source_dir / split / wnid), "class has no images"))
         listings[split] = SplitListing(ImageFolderSource(samples), problems)
     names = class_names or {}
     return [ClassInfo(wnid, names.get(wnid, wnid)) for wnid in wnids], listings
@@ -220,8 +210,7 @@ def _split_data_files(source_dir: Path) -> dict[str, list[str]]:
     patterns = get_data_patterns(str(source_dir))
     resolved = DataFilesDict.from_patterns(patterns, base_path=str(source_dir))
     return {
-        str(split): sorted(f for f in files if f.endswith((".parquet", ".arrow")))
-        for split, files in resolved.items()
+        str(split): sorted(f for f in files if f.endswith((".parquet", ".arrow"))) for split, files in resolved.items()
     }
 
 
@@ -288,9 +277,7 @@ class ArrowDatasetSource:
         from datasets import Image as ImageFeature
 
         # Raw bytes, so that decoding (and its failures) goes through decode_rgb like every other source.
-        self.dataset = dataset.select_columns([image_column]).cast_column(
-            image_column, ImageFeature(decode=False)
-        )
+        self.dataset = dataset.select_columns([image_column]).cast_column(image_column, ImageFeature(decode=False))
         self.image_column, self.split = image_column, split
         self.labels = labels
         self.rows = np.flatnonzero(keep)
@@ -391,8 +378,7 @@ def list_huggingface(
         import datasets
     except ImportError as error:
         raise ImportError(
-            f"{source_dir} is a Hugging Face dataset: install the `datasets` package "
-            "(pip install 'resnet-ffcv[hf]')"
+            f"{source_dir} is a Hugging Face dataset: install the `datasets` package (pip install 'resnet-ffcv[hf]')"
         ) from error
 
     listings: dict[str, SplitListing] = {}

@@ -180,17 +180,11 @@ class SpotCheckpoint(ModelCheckpoint):
         verbose: bool = True,
     ):
         if _is_url(str(dirpath)):
-            raise ValueError(
-                f"SpotCheckpoint dirpath={dirpath!r}: expected a local directory (atomic renames)"
-            )
+            raise ValueError(f"SpotCheckpoint dirpath={dirpath!r}: expected a local directory (atomic renames)")
         if checkpoint_interval < 0:
-            raise ValueError(
-                f"SpotCheckpoint checkpoint_interval={checkpoint_interval}: expected >= 0 (0 = off)"
-            )
+            raise ValueError(f"SpotCheckpoint checkpoint_interval={checkpoint_interval}: expected >= 0 (0 = off)")
         if keep_periodic == 0 or keep_periodic < -1:
-            raise ValueError(
-                f"SpotCheckpoint keep_periodic={keep_periodic}: expected -1 (all) or a count >= 1"
-            )
+            raise ValueError(f"SpotCheckpoint keep_periodic={keep_periodic}: expected -1 (all) or a count >= 1")
         super().__init__(
             dirpath=dirpath,
             filename=Path(BEST_NAME).stem,
@@ -266,8 +260,7 @@ class SpotCheckpoint(ModelCheckpoint):
         if current is None:
             if trainer.fit_loop.epoch_loop.val_loop._has_run:  # as ModelCheckpoint decides it
                 raise ValueError(
-                    f"SpotCheckpoint monitor={self.monitor!r}: not among the logged metrics "
-                    f"{sorted(candidates)}"
+                    f"SpotCheckpoint monitor={self.monitor!r}: not among the logged metrics {sorted(candidates)}"
                 )
             return False
         if not self.check_monitor_top_k(trainer, current):
@@ -298,9 +291,7 @@ class SpotCheckpoint(ModelCheckpoint):
 def periodic_checkpoints(directory: Path) -> list[Path]:
     """``checkpoint_epoch_{N}.ckpt`` files, newest (largest N) first."""
     found = [
-        (int(m.group(1)), p)
-        for p in directory.glob("checkpoint_epoch_*.ckpt")
-        if (m := PERIODIC_PATTERN.match(p.name))
+        (int(m.group(1)), p) for p in directory.glob("checkpoint_epoch_*.ckpt") if (m := PERIODIC_PATTERN.match(p.name))
     ]
     return [p for _, p in sorted(found, reverse=True)]
 

@@ -30,9 +30,7 @@ class Stage:
     batch_size: int | None = None
 
 
-def ramp_resolution(
-    epoch: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int, round_to: int = 32
-) -> int:
+def ramp_resolution(epoch: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int, round_to: int = 32) -> int:
     """FFCV's ``get_resolution``: ``min_res`` up to ``start_ramp``, ``max_res`` from ``end_ramp``, linear.
 
     Rounded to a multiple of ``round_to``.
@@ -104,15 +102,11 @@ class ProgressiveResolution(L.Callback):
 
     def _check_stages(self) -> None:
         if self.stages[0].start_epoch != 0:
-            raise ValueError(
-                f"ProgressiveResolution.stages[0].start_epoch={self.stages[0].start_epoch}: expected 0"
-            )
+            raise ValueError(f"ProgressiveResolution.stages[0].start_epoch={self.stages[0].start_epoch}: expected 0")
         for index, stage in enumerate(self.stages):
             check_resolution(stage.resolution, f"ProgressiveResolution.stages[{index}].resolution")
             if stage.batch_size is not None and stage.batch_size < 1:
-                raise ValueError(
-                    f"ProgressiveResolution.stages[{index}].batch_size={stage.batch_size}: expected >= 1"
-                )
+                raise ValueError(f"ProgressiveResolution.stages[{index}].batch_size={stage.batch_size}: expected >= 1")
             if index and stage.start_epoch <= self.stages[index - 1].start_epoch:
                 raise ValueError(
                     f"ProgressiveResolution.stages[{index}].start_epoch={stage.start_epoch}: expected "
@@ -142,9 +136,7 @@ class ProgressiveResolution(L.Callback):
             return
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "set_train_schedule"):
-            raise TypeError(
-                "ProgressiveResolution needs the FFCVDataModule (the datamodule has no set_train_schedule)"
-            )
+            raise TypeError("ProgressiveResolution needs the FFCVDataModule (the datamodule has no set_train_schedule)")
         if self.changes_batch_size:
             if trainer.reload_dataloaders_every_n_epochs != 1:
                 raise ValueError(
@@ -160,16 +152,10 @@ class ProgressiveResolution(L.Callback):
         datamodule.set_train_schedule(self.at)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if (
-            stage == "fit"
-            and trainer.datamodule is not None
-            and hasattr(trainer.datamodule, "set_train_schedule")
-        ):
+        if stage == "fit" and trainer.datamodule is not None and hasattr(trainer.datamodule, "set_train_schedule"):
             trainer.datamodule.set_train_schedule(None)
 
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
-    ) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         # Here rather than in on_train_epoch_start, which a mid-epoch resume skips; and from the batch itself.
         if self._logged_epoch == trainer.current_epoch:
             return

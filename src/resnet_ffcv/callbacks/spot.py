@@ -161,14 +161,11 @@ class SpotInterruption(Callback):
                 self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
         signals = "SIGTERM/SIGINT and " if self.handle_signals else ""
         rank_zero_info(
-            f"Armed: {signals}spot notices from {self.endpoint} "
-            f"save {LATEST_NAME} and exit {INTERRUPTED_EXIT_CODE}"
+            f"Armed: {signals}spot notices from {self.endpoint} save {LATEST_NAME} and exit {INTERRUPTED_EXIT_CODE}"
         )
         if trainer.is_global_zero:
             self._closing.clear()
-            self._thread = threading.Thread(
-                target=self.poll_until_notice, name="spot-notice-poller", daemon=True
-            )
+            self._thread = threading.Thread(target=self.poll_until_notice, name="spot-notice-poller", daemon=True)
             self._thread.start()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -192,9 +189,7 @@ class SpotInterruption(Callback):
                 action = client.get(SPOT_ACTION_PATH)
                 if action is not None:
                     notice = json.loads(action)
-                    self.request_stop(
-                        f"spot interruption notice: {notice.get('action')} at {notice.get('time')}"
-                    )
+                    self.request_stop(f"spot interruption notice: {notice.get('action')} at {notice.get('time')}")
                     return
                 if self.stop_on_rebalance and (rebalance := client.get(REBALANCE_PATH)) is not None:
                     self.request_stop(f"rebalance recommendation: {rebalance.strip()}")
@@ -216,9 +211,7 @@ class SpotInterruption(Callback):
         rank_zero_info(message)
         raise TrainingInterrupted(message)
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
-    ):
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
         batches = trainer.num_training_batches
         if (batch_idx + 1) % self.check_every_n_batches or batch_idx + 1 >= batches:
             # The epoch's last batch: let validation and the epoch-end checkpoint run, stop at the next epoch
@@ -227,16 +220,12 @@ class SpotInterruption(Callback):
             return
         if self._all_ranks_stop(trainer):
             path = trainer.checkpoint_callback.save_latest(trainer)
-            self._exit(
-                trainer, f"saved {path} at epoch {trainer.current_epoch}, batch {batch_idx + 1}/{batches}"
-            )
+            self._exit(trainer, f"saved {path} at epoch {trainer.current_epoch}, batch {batch_idx + 1}/{batches}")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Nothing trained since the last epoch-end save (or since the checkpoint this run resumed from).
         if self._all_ranks_stop(trainer):
-            self._exit(
-                trainer, f"stopping at the start of epoch {trainer.current_epoch}, nothing new to save"
-            )
+            self._exit(trainer, f"stopping at the start of epoch {trainer.current_epoch}, nothing new to save")
 
     def _shutdown(self) -> None:
         self._closing.set()
@@ -248,9 +237,7 @@ class SpotInterruption(Callback):
                 signal.signal(signum, handler)
         self._previous_handlers = {}
 
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._shutdown()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

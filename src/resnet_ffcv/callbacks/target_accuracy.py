@@ -68,11 +68,7 @@ class TargetAccuracyStop(EarlyStopping):
         metric = trainer.callback_metrics.get(self.monitor)
         value = f" = {float(metric):.4f}" if metric is not None else ""
         checkpoint = trainer.checkpoint_callback
-        best = (
-            f"; best checkpoint: {checkpoint.best_model_path}"
-            if checkpoint and checkpoint.best_model_path
-            else ""
-        )
+        best = f"; best checkpoint: {checkpoint.best_model_path}" if checkpoint and checkpoint.best_model_path else ""
         rank_zero_info(
             f"Target accuracy reached: {self.monitor}{value} >= {self.target_accuracy} "
             f"after epoch {self.stopped_epoch}; stopping{best}"
