@@ -22,6 +22,8 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,16 +77,14 @@ def _temp_path(target: Path) -> Path:
     return Path(name)
 
 
-def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
-    """Small files (the W&B run id): same temp-file-then-rename dance as the checkpoints."""
-    target = Path(target)
+@contextmanager
+def _replacing(target: Path) -> Iterator[Path]:
+    """A temp file beside ``target`` to write into: renamed over ``target`` (directory fsynced) when the block
+    succeeds, removed when it fails, so ``target`` is always either the old file or the complete new one."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = _temp_path(target)
     try:
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield temp
         os.replace(temp, target)
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -92,10 +92,17 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
     _fsync_dir(target.parent)
 
 
+def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    """Small files (the W&B run id): same temp-file-then-rename dance as the checkpoints."""
+    with _replacing(Path(target)) as temp, open(temp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def atomic_link(source: Path, target: Path) -> None:
     """``target`` becomes a second name of ``source`` in one rename (a copy where hard links fail)."""
-    temp = _temp_path(target)
-    try:
+    with _replacing(target) as temp:
         temp.unlink()
         try:
             os.link(source, temp)
@@ -103,11 +110,6 @@ def atomic_link(source: Path, target: Path) -> None:
             shutil.copyfile(source, temp)
             with open(temp, "rb+") as f:
                 os.fsync(f.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -125,21 +127,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO.save_checkpoint: storage_options are not supported")
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = _temp_path(target)
-        try:
-            with open(temp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                pause = float(os.environ.get(WRITE_PAUSE_ENV, "0") or 0)
-                if pause > 0 and target.exists():
-                    time.sleep(pause)
-                os.fsync(f.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(target.parent)
+        with _replacing(target) as temp, open(temp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            pause = float(os.environ.get(WRITE_PAUSE_ENV, "0") or 0)
+            if pause > 0 and target.exists():
+                time.sleep(pause)
+            os.fsync(f.fileno())
 
 
 def _is_url(path: str) -> bool:
