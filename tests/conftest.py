@@ -64,3 +64,31 @@ def imds():
     yield server
     server.shutdown()
     server.server_close()
+
+
+def trained_checkpoint(path: Path, batch: int = 4, resolution: int = 32, **model_args) -> Path:
+    """A real Lightning checkpoint of a 10-class ResNet-18 after 3 SGD steps on synthetic batches.
+
+    EMA decay 0.5, so after 3 steps the EMA weights clearly differ from the raw ones.
+    """
+    import lightning as L
+    import torch
+
+    from resnet_ffcv.model import ImageClassifier
+    from resnet_ffcv.throughput import RepeatedBatches, synthetic_batch
+
+    torch.manual_seed(0)
+    module = ImageClassifier(
+        **{"arch": "resnet18", "num_classes": 10, "lr": 0.05, "warmup_epochs": 0, "ema_decay": 0.5, **model_args}
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, RepeatedBatches(synthetic_batch(batch, resolution, 10, torch.device("cpu")), 3))
+    trainer.save_checkpoint(path)
+    return path

@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 import torchvision
 
 from resnet_ffcv.cli import main
 from resnet_ffcv.model import ImageClassifier
-from resnet_ffcv.throughput import RepeatedBatches, synthetic_batch
 
-
-def trained_checkpoint(path, blurpool: bool):
-    """A real checkpoint after 3 SGD steps (so EMA and raw weights differ) of a 10-class ResNet-18."""
-    torch.manual_seed(0)
-    module = ImageClassifier(
-        arch="resnet18", num_classes=10, lr=0.05, warmup_epochs=0, blurpool=blurpool, ema_decay=0.5
-    )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, RepeatedBatches(synthetic_batch(4, 32, 10, torch.device("cpu")), 3))
-    trainer.save_checkpoint(path)
-    return path
+from .conftest import trained_checkpoint
 
 
 def normalized_images() -> torch.Tensor:

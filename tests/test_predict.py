@@ -17,10 +17,9 @@ from resnet_ffcv.cli import main
 from resnet_ffcv.data import FFCVDataModule
 from resnet_ffcv.model import ImageClassifier
 from resnet_ffcv.predict import ImageFiles, PredictionWriter, collate_channels_last
-from resnet_ffcv.throughput import RepeatedBatches, synthetic_batch
 from resnet_ffcv.writer import CLASSES_FILE, load_classes
 
-from .conftest import CONFIGS, run_cli
+from .conftest import CONFIGS, run_cli, trained_checkpoint
 
 PREDICT = ["--config", str(CONFIGS / "demo_cpu.yaml"), "--config", str(CONFIGS / "predict.yaml")]
 RESOLUTION = 32
@@ -35,22 +34,8 @@ SMALL = [
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A real checkpoint of the demo's network after 3 SGD steps, its EMA (decay 0.5) unlike its raw weights."""
-    torch.manual_seed(0)
-    module = ImageClassifier(
-        arch="resnet18", num_classes=10, lr=0.05, warmup_epochs=0, zero_init_residual=False, ema_decay=0.5
-    )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, RepeatedBatches(synthetic_batch(8, RESOLUTION, 10, torch.device("cpu")), 3))
     path = tmp_path_factory.mktemp("predict_checkpoint") / "best_model.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    return trained_checkpoint(path, batch=8, resolution=RESOLUTION, zero_init_residual=False)
 
 
 @pytest.fixture(scope="module")
