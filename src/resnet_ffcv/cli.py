@@ -62,9 +62,9 @@ class ResNetCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The class count comes from the data (classes.json), never typed twice.
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        # Always present, off unless configured: a recipe config sets single keys (resolution.start_ramp: 41,
-        # target.target_accuracy: null, cost.price_per_hour: 3.5)
-        # where a callbacks list could only be replaced whole.
+        # Callbacks that recipes and machines configure differently get sections of their own, always present
+        # and off (or zero) unless set: a later config sets single keys (resolution.start_ramp: 41,
+        # target.target_accuracy: null, cost.price_per_hour: 3.5) where a callbacks list is replaced whole.
         parser.add_lightning_class_args(ProgressiveResolution, "resolution")
         parser.add_lightning_class_args(TargetAccuracyStop, "target")
         parser.add_lightning_class_args(CostMonitor, "cost")
