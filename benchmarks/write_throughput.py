@@ -49,22 +49,15 @@ def make_imagenet_like(root: Path, images: int, classes: int, min_side: int, max
 
 def run_ffcv_reference(root: Path, output: Path, preset, workers: int, chunk_size: int) -> int:
     """FFCV's write_imagenet.py, reduced to its writing lines."""
-    from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
     from torchvision.datasets import ImageFolder
+
+    from resnet_ffcv.writer import image_fields
 
     dataset = ImageFolder(str(root / "train"))
     writer = DatasetWriter(
         str(output),
-        {
-            "image": RGBImageField(
-                write_mode=preset.write_mode,
-                max_resolution=preset.max_resolution,
-                compress_probability=preset.compress_probability,
-                jpeg_quality=preset.jpeg_quality,
-            ),
-            "label": IntField(),
-        },
+        image_fields(preset),  # the same RGBImageField/IntField settings our writer uses
         num_workers=workers,
     )
     writer.from_indexed_dataset(dataset, chunksize=chunk_size)
