@@ -81,6 +81,16 @@ def make_module(args, compile_: bool) -> ImageClassifier:
     )
 
 
+def as_fit_configures(args, log_dir: str) -> dict:
+    """Trainer settings a real ``fit`` has and the bare timing Trainer lacks: progress bar, logger, clipping."""
+    return {
+        "logger": CSVLogger(log_dir),
+        "log_every_n_steps": args.log_every_n_steps,
+        "enable_progress_bar": True,
+        "gradient_clip_val": args.gradient_clip_val,
+    }
+
+
 def lightning_loop(args, resolution: int, compile_: bool, device: torch.device) -> Timing:
     module = make_module(args, compile_)
     batch = synthetic_batch(args.batch, resolution, 1000, device)
@@ -92,10 +102,7 @@ def lightning_loop(args, resolution: int, compile_: bool, device: torch.device) 
             args.warmup,
             args.precision,
             device,
-            logger=CSVLogger(logs),
-            log_every_n_steps=args.log_every_n_steps,
-            enable_progress_bar=True,
-            gradient_clip_val=args.gradient_clip_val,
+            **as_fit_configures(args, logs),
         )
     return Timing(clock.seconds, clock.step_seconds)
 
@@ -172,10 +179,7 @@ def count_syncs(args, resolution: int, device: torch.device) -> tuple[int, int, 
             warmup,
             args.precision,
             device,
-            logger=CSVLogger(logs),
-            log_every_n_steps=args.log_every_n_steps,
-            enable_progress_bar=True,
-            gradient_clip_val=args.gradient_clip_val,
+            **as_fit_configures(args, logs),
             callbacks=[SyncCounter(warmup)],
         )
     syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
