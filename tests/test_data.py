@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -205,6 +206,35 @@ def test_epochs_ending_early_leak_no_threads_or_memory(indexed_dir):
 
     L.Trainer(**trainer_kwargs(max_steps=3)).fit(ProbeModule(), datamodule=data)
     assert ffcv_threads() == 0, "max_steps ends mid-epoch: teardown stops the iterator"
+
+
+def ffcv_page_readers(settle_s: float = 5.0) -> int:
+    """Live PageReader threads once the stopped ones have had ``settle_s`` to exit (they stop asynchronously)."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        live = sum(type(thread).__name__ == "PageReader" for thread in threading.enumerate())
+        if live == 0 or time.monotonic() >= deadline:
+            return live
+        time.sleep(0.01)
+
+
+def test_without_os_cache_epochs_end_with_their_page_reader_threads(indexed_dir):
+    """os_cache: false (a file larger than RAM) reads pages with FFCV's own threads, stopped at each epoch's end.
+
+    FFCV closes an epoch that runs to its end itself; stopping it again must not disturb the next epochs.
+    """
+    data = datamodule(indexed_dir, os_cache=False)
+    data.setup("fit")
+    loader = data.train_dataloader()
+    for _ in range(2):  # two whole epochs: every sample once each
+        labels = [label for batch in labels_of(loader) for label in batch]
+        assert sorted(labels) == sorted(set(labels)) and len(labels) == len(loader) * BATCH
+    assert ffcv_threads() == 0 and ffcv_page_readers() == 0
+    cut_short = iter(loader)
+    next(cut_short)
+    assert ffcv_page_readers(settle_s=0) > 0, "the page readers run while an epoch is live"
+    loader.close()
+    assert ffcv_threads() == 0 and ffcv_page_readers() == 0
 
 
 def test_loader_benchmark_smoke(image_folder, ffcv_dir, capsys):

@@ -186,18 +186,21 @@ def stop_epoch_iterator(iterator) -> None:
 
     Left alone, an abandoned iterator lives forever: its thread holds it (so ``__del__`` never runs) and waits
     on its full output queue (ffcv #345, #393). FFCV's ``close()`` only sets an event that the thread reads
-    once its queue has stayed full for 0.5 s. Instead: cut its batch list and drain the queue, so its last
-    ``put`` cannot block; then release the memory context once, when no batch is being decoded.
+    once its queue has stayed full for 0.5 s. Instead: cut its batch list and keep its queue empty until the
+    thread exits (its last ``put`` has no timeout); then release the memory context once, when no batch is
+    being decoded. An iterator that ran to its end was closed by FFCV already and only needs the join.
     """
+    closed_by_ffcv = iterator.terminate_event.is_set()  # EpochIterator.__next__ closes it at the epoch's end
     iterator.terminate_event.set()
     iterator.iter_ixes = iter(())
     while iterator.is_alive():
         with suppress(Empty):
-            iterator.output_queue.get(timeout=0.05)
-    iterator.join()
-    if not iterator.closed:
+            while True:
+                iterator.output_queue.get_nowait()
+        iterator.join(timeout=0.001)
+    if not (closed_by_ffcv or iterator.closed):
         iterator.close()
-        iterator.closed = True
+    iterator.closed = True  # FFCV's close() never sets it: without this, __del__ would exit the context again
     iterator.memory_allocations = None
 
 
