@@ -5,8 +5,9 @@
 #
 # Writes into OUTPUT_DIR: nvidia-smi.txt, train_throughput.md/.json (Lightning vs plain loop, 160/192/224 px,
 # bf16 + channels_last, without torch.compile; then with compile at 160 and 224), end_to_end.md/.json (the fit
-# path from a generated .ffcv at 160 px, batch 256) and *.log (stderr). Estimated ~10 minutes on one H100; the
-# steps are independent, and a failed one does not stop the others (the exit status says if any failed).
+# path from a generated .ffcv at 160 px, batch 256), loader_throughput.md (the loader table of docs/data-loading.md
+# on all of this machine's cores) and *.log (stderr). Estimated ~12 minutes on one H100; the steps are independent,
+# and a failed one does not stop the others (the exit status says if any failed).
 # Knobs (environment): PYTHON (default: python), SKIP_COMPILE=1 (drops the torch.compile rows, ~4 min less),
 # E2E_ARGS (extra end_to_end.py arguments, e.g. "--per-class 200 --steps 80").
 set -uo pipefail
@@ -44,5 +45,7 @@ if [ "${SKIP_COMPILE:-0}" != 1 ]; then
 fi
 # shellcheck disable=SC2086
 step end_to_end "$python" benchmarks/end_to_end.py --workdir "$out/e2e_data" --json "$out/end_to_end.json" ${E2E_ARGS:-}
+step loader_throughput "$python" benchmarks/loader_throughput.py --workers "$(nproc)" --batch-size 256 \
+    --images-per-class 500 --image-sides 333 500
 rm -rf "$out/e2e_data/images"  # the JPEGs; the .ffcv stays for a rerun with --data-dir
 exit $status
