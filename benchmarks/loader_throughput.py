@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
         nargs=2,
         default=[64, 400],
         metavar=("MIN", "MAX"),
-        help="generated image side range in px (ImageNet-like: 300 600)",
+        help="generated image side range in px (ImageNet's typical photos: 333 500)",
     )
     parser.add_argument(
         "--preset",
