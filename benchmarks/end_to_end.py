@@ -39,7 +39,7 @@ from resnet_ffcv.cli import parse_config_only
 from resnet_ffcv.data import FFCVDataModule, cores_per_rank
 from resnet_ffcv.model import ImageClassifier
 from resnet_ffcv.synthetic import make_synthetic_imagefolder
-from resnet_ffcv.throughput import synthetic_batch, time_lightning_steps
+from resnet_ffcv.throughput import run_lightning_steps, synthetic_batch
 from resnet_ffcv.writer import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,7 +142,7 @@ def model_only(args, config_argv: list[str], num_classes: int, device: torch.dev
     model_args["num_classes"] = num_classes
     module = ImageClassifier(**model_args)
     batch = synthetic_batch(args.batch, args.resolution, num_classes, device)
-    seconds = time_lightning_steps(module, batch, args.steps, args.warmup, config.trainer.precision, device)
+    seconds = run_lightning_steps(module, batch, args.steps, args.warmup, config.trainer.precision, device).seconds
     return (args.steps - args.warmup) * args.batch / seconds
 
 

@@ -131,7 +131,7 @@ def format_plan(plan: Plan, hardware: str, notes: list[str]) -> str:
 # -- measuring ----------------------------------------------------------------------------------------------------
 def _measure_step(config, resolution: int, batch: int, steps: int, warmup: int, device, precision: str) -> float:
     from resnet_ffcv.model import ImageClassifier
-    from resnet_ffcv.throughput import synthetic_batch, time_lightning_steps
+    from resnet_ffcv.throughput import run_lightning_steps, synthetic_batch
     from resnet_ffcv.writer import CLASSES_FILE, load_classes
 
     model_args = {key: value for key, value in vars(config.model).items() if not key.startswith("_")}
@@ -140,14 +140,14 @@ def _measure_step(config, resolution: int, batch: int, steps: int, warmup: int, 
     if device.type == "cpu":
         model_args["compile"] = False  # minutes of compiling for a CPU estimate: see the note
     module = ImageClassifier(**model_args)
-    seconds = time_lightning_steps(
+    seconds = run_lightning_steps(
         module,
         synthetic_batch(batch, resolution, module.hparams.num_classes, device),
         steps,
         warmup,
         precision,
         device,
-    )
+    ).seconds
     return (steps - warmup) * batch / seconds
 
 

@@ -162,19 +162,6 @@ def synthetic_batch(
     return images.to(device).contiguous(memory_format=torch.channels_last), labels.to(device)
 
 
-def time_lightning_steps(
-    module: L.LightningModule,
-    batch: tuple[torch.Tensor, torch.Tensor],
-    steps: int,
-    warmup: int,
-    precision: str,
-    device: torch.device,
-    **trainer_kwargs,
-) -> float:
-    """Seconds for ``steps - warmup`` training steps of ``module`` through a real Trainer on one device."""
-    return run_lightning_steps(module, batch, steps, warmup, precision, device, **trainer_kwargs).seconds
-
-
 def run_lightning_steps(
     module: L.LightningModule,
     batch: tuple[torch.Tensor, torch.Tensor],
