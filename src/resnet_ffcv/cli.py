@@ -27,9 +27,9 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
+from resnet_ffcv import atomic
 from resnet_ffcv.callbacks.checkpointing import (
     WANDB_ID_FILE,
-    atomic_write_bytes,
     find_resume_checkpoint,
     load_checkpoint_header,
 )
@@ -167,7 +167,7 @@ def continue_wandb_run(trainer, checkpoint_dir: Path, resuming: bool) -> None:
     continued = bool(run_id)
     if rank_zero_only.rank == 0 and not continued:
         run_id = uuid.uuid4().hex[:12]
-        atomic_write_bytes(id_file, run_id.encode())
+        atomic.write_text(id_file, run_id)
     rank_zero_info(f"W&B run id {run_id} ({'continued' if continued else 'new'}; kept in {id_file})")
     # Other ranks never create a W&B run (WandbLogger is rank-zero only); they just need some id.
     os.environ["WANDB_RUN_ID"] = run_id or uuid.uuid4().hex[:12]

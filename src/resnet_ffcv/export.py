@@ -12,11 +12,12 @@ LightningModule does that normalization itself on uint8 input; the exported netw
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 import torch
+
+from resnet_ffcv import atomic
 
 BLUR_SUFFIX = ".blur_filter"
 
@@ -43,13 +44,9 @@ def drop_blurpool(state: dict) -> dict:
 
 
 def _atomic_save(save, output: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    try:
-        save(tmp)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic.replacing(output) as temp:
+        save(temp)
+        atomic.fsync_file(temp)
 
 
 def export(

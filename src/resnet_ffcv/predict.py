@@ -33,7 +33,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from resnet_ffcv.callbacks.checkpointing import atomic_write_bytes
+from resnet_ffcv import atomic
 from resnet_ffcv.sources import decode_rgb
 
 PREDICT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -238,7 +238,7 @@ class PredictionWriter(BasePredictionWriter):
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
-        atomic_write_bytes(self.output, text.getvalue().encode())
+        atomic.write_bytes(self.output, text.getvalue().encode())
         if self.print_rows:
             print(format_table(header, rows[: self.print_rows]), flush=True)
         shown = f", the first {min(self.print_rows, len(rows))} above" if self.print_rows else ""

@@ -29,6 +29,7 @@ from typing import Literal
 
 import numpy as np
 
+from resnet_ffcv import atomic
 from resnet_ffcv.ffcv_io import WriteAborted
 from resnet_ffcv.sources import (
     ClassInfo,
@@ -92,19 +93,13 @@ def class_entries(classes: list[ClassInfo]) -> list[dict]:
 
 
 def save_classes(path: Path, classes: list[ClassInfo]) -> None:
-    _atomic_write_text(path, json.dumps(class_entries(classes), indent=1))
+    atomic.write_text(path, json.dumps(class_entries(classes), indent=1))
 
 
 def load_classes(path: str | Path) -> list[str]:
     """Class names by label index from a ``classes.json`` written by :func:`write_dataset`."""
     entries = json.loads(Path(path).read_text())
     return [entry["name"] for entry in sorted(entries, key=lambda entry: entry["index"])]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _sha256(data: str) -> str:
@@ -177,7 +172,7 @@ def _enforce(problems: list[Problem], policies: dict[str, Policy], report: Path)
 def _write_report(path: Path, problems: list[Problem], policies: dict[str, Policy]) -> None:
     entries = [{**asdict(p), "action": "refused" if policies[p.kind] == "fail" else "skipped"} for p in problems]
     counts = Counter(f"{p.split}/{p.kind}" for p in problems)
-    _atomic_write_text(path, json.dumps({"counts": dict(sorted(counts.items())), "problems": entries}, indent=1))
+    atomic.write_text(path, json.dumps({"counts": dict(sorted(counts.items())), "problems": entries}, indent=1))
 
 
 # -- manifest ------------------------------------------------------------------------------------------------
@@ -376,13 +371,13 @@ def write_dataset(
                 "fingerprint": fingerprints[split],
                 "classes": len(classes),
             }
-            _atomic_write_text(output_dir / MANIFEST_FILE, json.dumps(manifest, indent=1))
+            atomic.write_text(output_dir / MANIFEST_FILE, json.dumps(manifest, indent=1))
         manifest.update(
             complete=True,
             duration_s=round(time.time() - started, 1),
             finished=time.strftime("%FT%TZ", time.gmtime()),
         )
-        _atomic_write_text(output_dir / MANIFEST_FILE, json.dumps(manifest, indent=1))
+        atomic.write_text(output_dir / MANIFEST_FILE, json.dumps(manifest, indent=1))
     left_out = Counter(problem.kind for problem in problems)
     if left_out:
         print(f"left out: {dict(left_out)}; details in {report}")
@@ -459,6 +454,7 @@ def _write_split(source, output: Path, params: Preset, num_workers, chunk_size, 
         if result.written == 0:
             raise RuntimeError(f"{split}: every image was unreadable; nothing written")
         os.replace(partial, output)
+        atomic.fsync_dir(output.parent)
     finally:
         partial.unlink(missing_ok=True)
     seconds = time.perf_counter() - start

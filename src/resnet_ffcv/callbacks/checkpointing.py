@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +28,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+from resnet_ffcv import atomic
 
 LATEST_NAME = "checkpoint_latest.ckpt"
 BEST_NAME = "best_model.ckpt"
@@ -51,67 +49,6 @@ def periodic_name(epochs_done: int) -> str:
     return f"checkpoint_epoch_{epochs_done}.ckpt"
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Makes a rename durable: the directory entry is what a power cut would otherwise lose."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_current_umask()
-
-
-def _temp_path(target: Path) -> Path:
-    """An empty file beside ``target``: same filesystem, so the final rename is atomic."""
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600
-    os.close(fd)
-    return Path(name)
-
-
-@contextmanager
-def _replacing(target: Path) -> Iterator[Path]:
-    """A temp file beside ``target`` to write into: renamed over ``target`` (directory fsynced) when the block
-    succeeds, removed when it fails, so ``target`` is always either the old file or the complete new one."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temp_path(target)
-    try:
-        yield temp
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-
-
-def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
-    """Small files (the W&B run id): same temp-file-then-rename dance as the checkpoints."""
-    with _replacing(Path(target)) as temp, open(temp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_link(source: Path, target: Path) -> None:
-    """``target`` becomes a second name of ``source`` in one rename (a copy where hard links fail)."""
-    with _replacing(target) as temp:
-        temp.unlink()
-        try:
-            os.link(source, temp)
-        except OSError:
-            shutil.copyfile(source, temp)
-            with open(temp, "rb+") as f:
-                os.fsync(f.fileno())
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` into a temp file in the target's directory, flush + fsync, ``os.replace``, fsync dir.
 
@@ -127,7 +64,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO.save_checkpoint: storage_options are not supported")
         target = Path(path)
-        with _replacing(target) as temp, open(temp, "wb") as f:
+        with atomic.replacing(target) as temp, open(temp, "wb") as f:
             torch.save(checkpoint, f)
             f.flush()
             pause = float(os.environ.get(WRITE_PAUSE_ENV, "0") or 0)
@@ -212,7 +149,7 @@ class SpotCheckpoint(ModelCheckpoint):
             )
         if trainer.is_global_zero and stage == "fit":
             self.directory.mkdir(parents=True, exist_ok=True)
-            for stale in self.directory.glob(".*.ckpt.*.tmp"):  # left by a process killed mid-write
+            for stale in self.directory.glob(atomic.temp_name_pattern("*.ckpt")):  # left by a process killed mid-write
                 stale.unlink(missing_ok=True)
 
     # -- when to write -------------------------------------------------------------------------------------
@@ -272,7 +209,7 @@ class SpotCheckpoint(ModelCheckpoint):
 
     def _publish(self, trainer: L.Trainer, source: Path, target: Path) -> None:
         if trainer.is_global_zero:
-            atomic_link(source, target)
+            atomic.link(source, target)
         trainer.strategy.barrier("SpotCheckpoint._publish")
 
     def _prune_periodic(self, trainer: L.Trainer) -> None:
