@@ -54,18 +54,44 @@ def real_samples_on_rank(total: int, world_size: int, rank: int) -> int:
     return len(range(rank, total, world_size))
 
 
-class ImageClassifier(L.LightningModule):
-    # Read by Lightning's ThroughputMonitor for FLOP/s and MFU; None: it logs images/s only (docs/performance.md
-    # turns images/s into a fraction of the GPU's peak with ResNet-50's known FLOPs per image).
-    flops_per_batch: int | None = None
+def _check_arguments(lr_reference_batch: int | None, predict_top_k: int, label_smoothing: float) -> None:
+    """The ``model.*`` values no other part checks (schedule, mixing, EMA and network check their own)."""
+    if lr_reference_batch is not None and lr_reference_batch <= 0:
+        raise ValueError(f"model.lr_reference_batch={lr_reference_batch}: expected a positive batch size or null")
+    if predict_top_k < 1:
+        raise ValueError(f"model.predict_top_k={predict_top_k}: expected at least 1")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"model.label_smoothing={label_smoothing}: expected a value in [0, 1)")
 
+
+def eval_metrics(num_classes: int, with_ema: bool) -> nn.ModuleDict:
+    """``acc1``, ``acc5`` and ``loss`` for the raw weights, and the same with ``_ema`` for the EMA weights.
+
+    Top-5 becomes top-``num_classes`` below 5 classes (torchmetrics refuses ``top_k > num_classes``).
+    """
+    top_k = min(5, num_classes)
+    suffixes = ["", "_ema"] if with_ema else [""]
+    return nn.ModuleDict(
+        {
+            f"{name}{suffix}": metric
+            for suffix in suffixes
+            for name, metric in (
+                ("acc1", MulticlassAccuracy(num_classes, top_k=1, average="micro")),
+                ("acc5", MulticlassAccuracy(num_classes, top_k=top_k, average="micro")),
+                ("loss", MeanMetric()),
+            )
+        }
+    )
+
+
+class ImageClassifier(L.LightningModule):
     """ImageNet classification with the 78%-in-60-epochs recipe; every argument is a YAML knob (``model.*``).
 
     Args:
         arch: torchvision model name (``resnet50``; ``resnet18`` for the demo).
         num_classes: output classes; linked from ``data.num_classes`` by the CLI.
-        lr: peak learning rate, for the actual global batch (the seed's 0.8 for 2048; nothing is scaled by
-            world size) unless ``lr_reference_batch`` is set.
+        lr: peak learning rate for the actual global batch (the default 0.8 suits a global batch of 2048;
+            nothing is scaled by world size) unless ``lr_reference_batch`` is set.
         lr_reference_batch: opt-in linear scaling: ``lr`` is then the LR for this global batch, and the peak
             LR is ``lr * global_batch / lr_reference_batch`` (``lr: 0.1`` with ``256`` gives 0.8 at 2048).
             The global batch is the size of the current training batch tensor (per device) times
@@ -106,6 +132,10 @@ class ImageClassifier(L.LightningModule):
     Gradient clipping is the Trainer's ``gradient_clip_val``; mixed precision the Trainer's ``precision``.
     """
 
+    # Read by Lightning's ThroughputMonitor for FLOP/s and MFU; None: it logs images/s only (docs/performance.md
+    # turns images/s into a fraction of the GPU's peak with ResNet-50's known FLOPs per image).
+    flops_per_batch: int | None = None
+
     def __init__(
         self,
         arch: str = "resnet50",
@@ -138,13 +168,8 @@ class ImageClassifier(L.LightningModule):
         predict_top_k: int = 5,
     ):
         super().__init__()
-        self.save_hyperparameters()
-        if lr_reference_batch is not None and lr_reference_batch <= 0:
-            raise ValueError(f"model.lr_reference_batch={lr_reference_batch}: expected a positive batch size or null")
-        if predict_top_k < 1:
-            raise ValueError(f"model.predict_top_k={predict_top_k}: expected at least 1")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"model.label_smoothing={label_smoothing}: expected a value in [0, 1)")
+        self.save_hyperparameters()  # every argument above, unchanged: checkpoints rebuild the module from them
+        _check_arguments(lr_reference_batch, predict_top_k, label_smoothing)
         self.schedule = Schedule(
             name=scheduler,
             warmup_epochs=warmup_epochs,
@@ -158,26 +183,18 @@ class ImageClassifier(L.LightningModule):
         # A registered submodule: moved with the module and saved in its state_dict (so in every checkpoint).
         self.ema = EMA(self.network, ema_decay) if use_ema else None
         if compile:
-            self.network.compile()
-            if self.ema is not None:
-                self.ema.module.compile()
+            self._compile()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        top_k = min(5, num_classes)
-        suffixes = ["", "_ema"] if use_ema else [""]
-        self.eval_metrics = nn.ModuleDict(
-            {
-                f"{name}{suffix}": metric
-                for suffix in suffixes
-                for name, metric in (
-                    ("acc1", MulticlassAccuracy(num_classes, top_k=1, average="micro")),
-                    ("acc5", MulticlassAccuracy(num_classes, top_k=top_k, average="micro")),
-                    ("loss", MeanMetric()),
-                )
-            }
-        )
+        self.eval_metrics = eval_metrics(num_classes, with_ema=use_ema)
         self._eval_seen = 0
+
+    def _compile(self) -> None:
+        """``torch.compile`` in place (``Module.compile``): the state-dict keys stay those of the plain network."""
+        self.network.compile()
+        if self.ema is not None:
+            self.ema.module.compile()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW -> normalized on the device, in the network's memory format and the autocast dtype.
