@@ -1,4 +1,4 @@
-"""MixUp / CutMix on the device, per batch, with the seed's knobs, built on ``torchvision.transforms.v2``.
+"""MixUp / CutMix on the device, per batch, built on ``torchvision.transforms.v2`` (which does the mixing).
 
 Per training batch: with probability ``cutmix_prob`` CutMix (box area from Beta(``cutmix_alpha``,
 ``cutmix_alpha``)); otherwise MixUp with lambda from Beta(``mixup_alpha``, ``mixup_alpha``) when

@@ -2,20 +2,19 @@
 
 Defined on epochs, not steps, so a schedule stays right when the batch size (and so the step count) changes
 between resolution stages, and after a resume in the middle of an epoch. Each function returns the factor
-that multiplies the peak LR; ``Schedule`` holds the knobs and picks the shape by name.
+that multiplies the peak LR. ``SCHEDULES`` maps each ``model.scheduler`` name to its shape; the names a config
+may use (``ScheduleName``) are derived from it, so a new shape is one function and one registry entry.
+``Schedule`` holds the knobs and looks the shape up by name.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-
-ScheduleName = Literal["onecycle", "triangular", "cosine", "step", "constant"]
-SCHEDULES = ("onecycle", "triangular", "cosine", "step", "constant")
 
 # torch.optim.lr_scheduler.OneCycleLR's defaults: start at peak / 25, end at peak / (25 * 1e4).
 ONECYCLE_DIV_FACTOR = 25.0
@@ -30,7 +29,7 @@ def _half_cosine(progress: float, start: float, end: float) -> float:
 
 
 def onecycle(epoch: float, max_epochs: float, warmup_epochs: float) -> float:
-    """The seed's ``--scheduler onecycle``, shaped like ``torch.optim.lr_scheduler.OneCycleLR`` but on epochs.
+    """Warmup then cosine annealing, shaped like ``torch.optim.lr_scheduler.OneCycleLR`` but on epochs.
 
     Exactly: with ``lo = 1/25`` and ``end = 1/(25 * 1e4)`` (OneCycleLR's ``div_factor`` and
     ``final_div_factor``), the factor rises linearly from ``lo`` at epoch 0 to 1 at ``warmup_epochs``, then
@@ -64,6 +63,20 @@ def step(epoch: float, milestones: Sequence[float], gamma: float, warmup_epochs:
     return gamma ** sum(epoch >= milestone for milestone in milestones)
 
 
+# name -> shape, called with the knobs: ``SCHEDULES[name](schedule, epoch, max_epochs)``. The order is the one
+# ``--help`` lists the choices in.
+SCHEDULES: dict[str, Callable[[Schedule, float, float], float]] = {
+    "onecycle": lambda s, epoch, max_epochs: onecycle(epoch, max_epochs, s.warmup_epochs),
+    "triangular": lambda s, epoch, max_epochs: triangular(epoch, max_epochs, s.peak_epoch),
+    "cosine": lambda s, epoch, max_epochs: cosine(epoch, max_epochs, s.warmup_epochs, s.min_ratio),
+    "step": lambda s, epoch, max_epochs: step(epoch, s.milestones, s.gamma, s.warmup_epochs),
+    "constant": lambda s, epoch, max_epochs: 1.0,
+}
+
+# The names a config may use, from the registry: jsonargparse lists them in --help and validates configs by them.
+ScheduleName = Literal[tuple(SCHEDULES)]
+
+
 @dataclass(frozen=True)
 class Schedule:
     """The LR shape and its knobs; ``Schedule(...)(epoch, max_epochs)`` is the factor on the peak LR."""
@@ -84,15 +97,7 @@ class Schedule:
             raise ValueError(f"model.lr_peak_epoch={self.peak_epoch}: expected > 0 for the triangular schedule")
 
     def __call__(self, epoch: float, max_epochs: float) -> float:
-        if self.name == "onecycle":
-            return onecycle(epoch, max_epochs, self.warmup_epochs)
-        if self.name == "triangular":
-            return triangular(epoch, max_epochs, self.peak_epoch)
-        if self.name == "cosine":
-            return cosine(epoch, max_epochs, self.warmup_epochs, self.min_ratio)
-        if self.name == "step":
-            return step(epoch, self.milestones, self.gamma, self.warmup_epochs)
-        return 1.0
+        return SCHEDULES[self.name](self, epoch, max_epochs)
 
 
 def lr_multiplier(name: ScheduleName, epoch: float, max_epochs: float, warmup_epochs: float) -> float:
