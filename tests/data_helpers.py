@@ -77,17 +77,3 @@ class ProbeModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
-def trainer_kwargs(**overrides) -> dict:
-    """A quiet CPU Trainer: no logger, no checkpoints, no progress bar, no sanity check."""
-    return {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        **overrides,
-    }

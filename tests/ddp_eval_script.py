@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import sys
 
-import lightning as L
 import torch
 import torch.nn.functional as F
+from helpers import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from resnet_ffcv.model import ImageClassifier
@@ -37,10 +37,9 @@ def main(out_path: str) -> None:
         "val/acc1": (logits.argmax(1) == labels).float().mean().item(),
         "val/loss": F.cross_entropy(logits, labels).item(),
     }
-    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", enable_model_summary=False, **quiet)
+    trainer = quiet_trainer(devices=2, strategy="ddp")
     logged = trainer.validate(model, val, verbose=False)[0]
-    fit = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, num_sanity_val_steps=0, **quiet)
+    fit = quiet_trainer(devices=2, strategy="ddp", max_epochs=1)
     fit.fit(model, train, val)
     if fit.global_rank == 0:
         result = {

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,8 +13,9 @@ import yaml
 
 from resnet_ffcv.callbacks.spot import REBALANCE_PATH, SPOT_ACTION_PATH, TOKEN_PATH
 
+from .helpers import REPO, cli_command, cli_env
+
 BASE_CONFIG = Path(__file__).with_name("spot_config.yaml")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def write_config(
@@ -44,9 +43,9 @@ class CLIProcess:
 
     def __init__(self, *args: str, env: dict | None = None):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "resnet_ffcv.cli", *args],
+            cli_command(*args),
             cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            env=cli_env(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 
-from .conftest import REPO
+import pytest
+
+from .helpers import REPO
 
 BENCHMARKS = REPO / "benchmarks"
 
@@ -26,6 +28,7 @@ def run_benchmark(name: str, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.slow
 def test_train_throughput_prints_its_table(tmp_path):
     out = tmp_path / "rows.json"
     result = run_benchmark("train_throughput.py", "--smoke", "--repeats", "2", "--json", str(out))
@@ -39,6 +42,7 @@ def test_train_throughput_prints_its_table(tmp_path):
     assert row["ratio_min"] <= row["ratio_median"] <= row["ratio_max"]
 
 
+@pytest.mark.slow
 def test_end_to_end_prints_its_table_and_verdict(tmp_path):
     out = tmp_path / "result.json"
     result = run_benchmark("end_to_end.py", "--smoke", "--workdir", str(tmp_path / "work"), "--json", str(out))

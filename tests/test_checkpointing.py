@@ -13,23 +13,20 @@ import signal
 import socket
 
 import pytest
-import torch
 
 from resnet_ffcv.callbacks.checkpointing import WRITE_PAUSE_ENV
 from resnet_ffcv.cli import IncompatibleCheckpointError, check_compatible
 from resnet_ffcv.model import ImageClassifier
 
+from .helpers import load_checkpoint as load
 from .spot_support import CLIProcess, write_config
-
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def offline_run_ids(logs) -> set[str]:
     return {run.name.rsplit("-", 1)[-1] for run in (logs / "wandb").glob("offline-run-*")}
 
 
+@pytest.mark.slow
 def test_checkpoint_directory_survives_crashes_and_resumes(tmp_path, ffcv_dir):
     checkpoints, logs = tmp_path / "checkpoints", tmp_path / "logs"
     with socket.socket() as probe:  # a port nobody listens on: the metadata poller must switch itself off

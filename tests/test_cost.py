@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import lightning as L
 import pytest
-import torch
 
 from resnet_ffcv.callbacks.cost import CostMonitor
 from resnet_ffcv.data import FFCVDataModule
 from resnet_ffcv.model import ImageClassifier
 
+from .helpers import load_checkpoint, quiet_trainer
+
 
 def tiny_fit(ffcv_dir, tmp_path, monitor: CostMonitor, max_epochs: int, ckpt_path=None) -> L.Trainer:
     data = FFCVDataModule(data_dir=str(ffcv_dir), batch_size=8, num_workers=1, train_resolution=32, val_resolution=32)
     model = ImageClassifier(arch="resnet18", num_classes=data.num_classes, lr=0.01, warmup_epochs=0)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=max_epochs,
         limit_train_batches=2,
         limit_val_batches=1,
         log_every_n_steps=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=tmp_path,
         callbacks=[monitor],
     )
@@ -43,7 +40,7 @@ def test_cost_is_logged_and_survives_a_resume(ffcv_dir, tmp_path):
 
     checkpoint = tmp_path / "one_epoch.ckpt"
     trainer.save_checkpoint(checkpoint)
-    saved = torch.load(checkpoint, weights_only=False)["callbacks"]
+    saved = load_checkpoint(checkpoint)["callbacks"]
     seconds_at_save = next(state["elapsed_seconds"] for key, state in saved.items() if "CostMonitor" in key)
     assert seconds_at_save > 0
 

@@ -15,7 +15,8 @@ import torch
 
 from resnet_ffcv.data import FFCVDataModule
 
-from .data_helpers import ProbeModule, trainer_kwargs, write_indexed_ffcv
+from .data_helpers import ProbeModule, write_indexed_ffcv
+from .helpers import load_checkpoint, quiet_trainer
 
 BATCH = 8  # 80 training samples: 10 batches per epoch
 # numba 0.68's dispatcher finalizer raises a KeyError when a compiled FFCV pipeline is garbage-collected.
@@ -86,7 +87,7 @@ def test_bad_settings_are_named(indexed_dir):
         datamodule(indexed_dir, batch_size=81).setup("fit")
 
     # Three DDP ranks: the Trainer is only built (nothing is launched), which is all the checks read.
-    trainer = L.Trainer(**trainer_kwargs(devices=3, strategy="ddp"))
+    trainer = quiet_trainer(devices=3, strategy="ddp")
     uneven = datamodule(indexed_dir, global_batch_size=32)
     uneven.trainer = trainer
     with pytest.raises(ValueError, match=r"data\.global_batch_size=32 does not divide across 3 ranks"):
@@ -145,17 +146,17 @@ def test_trainer_resume_mid_epoch(indexed_dir, tmp_path):
     checkpoint = tmp_path / "mid.ckpt"
     before = ProbeModule()
     with pytest.raises(RuntimeError, match="interrupted"):
-        L.Trainer(**trainer_kwargs(max_epochs=3, limit_val_batches=0, callbacks=[InterruptAt(checkpoint, 1, 3)])).fit(
+        quiet_trainer(max_epochs=3, limit_val_batches=0, callbacks=[InterruptAt(checkpoint, 1, 3)]).fit(
             before, datamodule=datamodule(indexed_dir)
         )
     assert ffcv_threads() == 0, "the interruption stopped the half-read iterator"
-    saved = torch.load(checkpoint, weights_only=False)["FFCVDataModule"]
+    saved = load_checkpoint(checkpoint)["FFCVDataModule"]
     assert saved == {"epoch": 1, "batches": 3, "batch_size": BATCH, "world_size": 1}
 
     after = ProbeModule()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        L.Trainer(**trainer_kwargs(max_epochs=3, limit_val_batches=0)).fit(
+        quiet_trainer(max_epochs=3, limit_val_batches=0).fit(
             after, datamodule=datamodule(indexed_dir), ckpt_path=checkpoint
         )
     assert not [w for w in caught if "not resumable" in str(w.message)], "Lightning sees a resumable loader"
@@ -189,12 +190,13 @@ class Gauge(L.Callback):
         self.samples.append((trainer.current_epoch, ffcv_threads(), rss_mb()))
 
 
+@pytest.mark.slow
 def test_epochs_ending_early_leak_no_threads_or_memory(indexed_dir):
     """30 epochs cut short (2 of 10 train batches, 1 of 6 val batches), then max_steps mid-epoch."""
     gauge = Gauge()
     # batches_ahead=8: an abandoned iterator would hold 8 decoded batches and keep decoding.
     data = datamodule(indexed_dir, batches_ahead=8, train_resolution=64, val_resolution=64)
-    trainer = L.Trainer(**trainer_kwargs(max_epochs=30, limit_train_batches=2, limit_val_batches=1, callbacks=[gauge]))
+    trainer = quiet_trainer(max_epochs=30, limit_train_batches=2, limit_val_batches=1, callbacks=[gauge])
     trainer.fit(ProbeModule(), datamodule=data)
     threads = [count for _, count, _ in gauge.samples]
     assert len(gauge.samples) == 30
@@ -204,7 +206,7 @@ def test_epochs_ending_early_leak_no_threads_or_memory(indexed_dir):
     assert rss[29] - rss[5] < 10, f"RSS grew from {rss[5]:.0f} MB to {rss[29]:.0f} MB over 24 epochs"
     assert ffcv_threads() == 0, "teardown stops the last iterators"
 
-    L.Trainer(**trainer_kwargs(max_steps=3)).fit(ProbeModule(), datamodule=data)
+    quiet_trainer(max_steps=3).fit(ProbeModule(), datamodule=data)
     assert ffcv_threads() == 0, "max_steps ends mid-epoch: teardown stops the iterator"
 
 
@@ -237,6 +239,7 @@ def test_without_os_cache_epochs_end_with_their_page_reader_threads(indexed_dir)
     assert ffcv_threads() == 0 and ffcv_page_readers() == 0
 
 
+@pytest.mark.slow
 def test_loader_benchmark_smoke(image_folder, ffcv_dir, capsys):
     """benchmarks/loader_throughput.py runs and prints its table (speed itself is measured, not asserted)."""
     import importlib.util

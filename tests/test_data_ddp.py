@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from torch.utils.data import DistributedSampler
 
 from .data_helpers import write_indexed_ffcv
@@ -15,6 +16,7 @@ from .data_helpers import write_indexed_ffcv
 PROBE = Path(__file__).with_name("ddp_probe.py")
 
 
+@pytest.mark.slow
 def test_ddp_shards_orders_resolution_and_validation(tmp_path):
     data_dir = write_indexed_ffcv(tmp_path / "data", train=80, val=41)  # 41: the ranks' val shares differ
     out = tmp_path / "out"

@@ -7,7 +7,7 @@ import pytest
 from resnet_ffcv.cli import main
 from resnet_ffcv.doctor import check_free_disk, checkpoint_dir_from
 
-from .conftest import CONFIGS
+from .helpers import CONFIGS
 
 DEMO = str(CONFIGS / "demo_cpu.yaml")
 

@@ -12,7 +12,7 @@ from PIL import Image
 from resnet_ffcv.cli import main
 from resnet_ffcv.writer import CLASSES_FILE, load_classes
 
-from .conftest import CONFIGS, run_cli
+from .helpers import CONFIGS, run_cli
 from .wandb_log import logged_keys
 
 DEMO = str(CONFIGS / "demo_cpu.yaml")
@@ -87,6 +87,7 @@ EXPECTED_METRICS = {
 }
 
 
+@pytest.mark.slow
 def test_fit_restart_and_validate_through_the_cli(ffcv_dir, tmp_path):
     steps = ["--trainer.limit_train_batches=10", "--trainer.log_every_n_steps=1"]  # fills ThroughputMonitor's window
     # W&B asked to go online with no credentials anywhere: it must fall back to offline, not prompt.

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from resnet_ffcv.callbacks.spot import INTERRUPTED_EXIT_CODE
 
@@ -64,6 +65,7 @@ def digest(run_dir: Path) -> str:
     return json.loads((run_dir / "rank0.json").read_text())["digest"]
 
 
+@pytest.mark.slow
 def test_resume_after_spot_notice_matches_an_uninterrupted_run(tmp_path, imds):
     data = write_uniform_ffcv(tmp_path / "ffcv")
     probes = [

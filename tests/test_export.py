@@ -9,7 +9,7 @@ import torchvision
 from resnet_ffcv.cli import main
 from resnet_ffcv.model import ImageClassifier
 
-from .conftest import trained_checkpoint
+from .helpers import trained_checkpoint
 
 
 def normalized_images() -> torch.Tensor:

@@ -10,7 +10,7 @@ from PIL import Image
 from resnet_ffcv.inspect_dataset import StoredImages
 from resnet_ffcv.sources import decode_rgb
 
-from .conftest import run_cli
+from .helpers import run_cli
 
 
 def test_inspect_dataset_prints_counts_and_draws_a_captioned_grid(ffcv_dir, tmp_path):

@@ -11,6 +11,8 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from resnet_ffcv.model import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier, real_samples_on_rank, split_weight_decay
 from resnet_ffcv.networks import BlurPoolConv2d, build_network
 
+from .helpers import load_checkpoint, quiet_trainer
+
 NO_MIX = {"cutmix_prob": 0.0, "mixup_alpha": 0.0}
 
 
@@ -152,15 +154,8 @@ def _trainer(tmp_path, recorder, max_epochs=3):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     checkpoints = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1)
-    return L.Trainer(
-        accelerator="cpu",
-        max_epochs=max_epochs,
-        logger=False,
-        callbacks=[checkpoints, recorder],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=True,
+    return quiet_trainer(
+        max_epochs=max_epochs, callbacks=[checkpoints, recorder], enable_checkpointing=True, deterministic=True
     )
 
 
@@ -187,7 +182,7 @@ def test_checkpoint_round_trip_restores_optimizer_schedule_ema_and_epoch(tmp_pat
     first = _model(seed=0)
     _trainer(tmp_path, straight).fit(first, TensorData())
     checkpoint_path = tmp_path / "epoch=0.ckpt"
-    checkpoint = torch.load(checkpoint_path, weights_only=False)
+    checkpoint = load_checkpoint(checkpoint_path)
     assert checkpoint["epoch"] == 0
     assert any(key.startswith("ema.module.") for key in checkpoint["state_dict"])
 
@@ -223,6 +218,7 @@ def test_checkpoint_loads_with_ema_switched_either_way(tmp_path):
     _assert_same(again.ema.module.state_dict(), without.network.state_dict(), "ema from network")
 
 
+@pytest.mark.slow
 def test_ddp_counts_each_validation_sample_once_and_trains_with_ema(tmp_path):
     import json
     import os

@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 
-from .conftest import CONFIGS, REPO
+import pytest
+
+from .helpers import CONFIGS, REPO
 
 
 def free_port() -> int:
@@ -17,6 +19,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_by_torchrun_train_to_the_same_weights(ffcv_dir, tmp_path):
     port = free_port()
     fit = [

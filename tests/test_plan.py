@@ -9,7 +9,7 @@ import pytest
 from resnet_ffcv.cli import main
 from resnet_ffcv.plan import Plan, Stage, format_plan, group_stages, project_stage
 
-from .conftest import CONFIGS
+from .helpers import CONFIGS
 
 
 def test_group_stages_follows_the_schedule():

@@ -6,7 +6,6 @@ import csv
 import shutil
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -19,7 +18,7 @@ from resnet_ffcv.model import ImageClassifier
 from resnet_ffcv.predict import ImageFiles, PredictionWriter, collate_channels_last
 from resnet_ffcv.writer import CLASSES_FILE, load_classes
 
-from .conftest import CONFIGS, run_cli, trained_checkpoint
+from .helpers import CONFIGS, quiet_trainer, run_cli, trained_checkpoint
 
 PREDICT = ["--config", str(CONFIGS / "demo_cpu.yaml"), "--config", str(CONFIGS / "predict.yaml")]
 RESOLUTION = 32
@@ -63,6 +62,7 @@ def top(row: dict[str, str], k: int = 5) -> tuple[list[str], list[float]]:
     return [row[f"class_{i}"] for i in range(1, k + 1)], [float(row[f"prob_{i}"]) for i in range(1, k + 1)]
 
 
+@pytest.mark.slow
 def test_predict_folder_and_ffcv_through_the_cli(checkpoint, images, ffcv_dir, tmp_path):
     classes = load_classes(ffcv_dir / CLASSES_FILE)
     common = [*PREDICT, f"--data.data_dir={ffcv_dir}", f"--ckpt_path={checkpoint}", *SMALL]
@@ -163,12 +163,7 @@ def test_without_classes_json_classes_are_named_by_index(checkpoint, images, tmp
     )
     module = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
     output = tmp_path / "out" / "by_index.csv"
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        callbacks=[PredictionWriter(output=str(output), print_rows=2)],
-    )
+    trainer = quiet_trainer(callbacks=[PredictionWriter(output=str(output), print_rows=2)])
     with pytest.warns(UserWarning, match="no classes.json in data.data_dir"):
         trainer.predict(module, datamodule=data, return_predictions=False)
     rows = read_csv(output)

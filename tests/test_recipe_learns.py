@@ -11,6 +11,8 @@ from resnet_ffcv.model import ImageClassifier
 from resnet_ffcv.synthetic import make_synthetic_imagefolder
 from resnet_ffcv.writer import write_dataset
 
+from .helpers import quiet_trainer
+
 
 @pytest.fixture(scope="module")
 def learnable_ffcv(tmp_path_factory):
@@ -21,6 +23,7 @@ def learnable_ffcv(tmp_path_factory):
     return root / "ffcv"
 
 
+@pytest.mark.slow
 def test_full_recipe_reaches_far_above_chance(learnable_ffcv):
     L.seed_everything(0, verbose=False)
     data = FFCVDataModule(
@@ -46,15 +49,7 @@ def test_full_recipe_reaches_far_above_chance(learnable_ffcv):
         blurpool=True,
         zero_init_residual=True,
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(max_epochs=4)
     trainer.fit(model, data)
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
     print({key: round(value, 3) for key, value in metrics.items() if key.startswith("val/")})

@@ -12,7 +12,8 @@ from resnet_ffcv.callbacks import ProgressiveResolution, Stage
 from resnet_ffcv.callbacks.resolution import ramp_resolution
 from resnet_ffcv.data import FFCVDataModule
 
-from .data_helpers import ProbeModule, trainer_kwargs, write_indexed_ffcv
+from .data_helpers import ProbeModule, write_indexed_ffcv
+from .helpers import quiet_trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_data.py
 
@@ -92,7 +93,7 @@ def datamodule(data_dir: Path) -> FFCVDataModule:
 
 def test_batch_size_stages_need_reloading_loaders(indexed_dir):
     callback = ProgressiveResolution(stages=[Stage(0, 32), Stage(1, 40, batch_size=16)])
-    trainer = L.Trainer(**trainer_kwargs(max_epochs=1, callbacks=[callback]))
+    trainer = quiet_trainer(max_epochs=1, callbacks=[callback])
     with pytest.raises(ValueError, match=r"set trainer\.reload_dataloaders_every_n_epochs: 1 \(now 0\)"):
         trainer.fit(ProbeModule(), datamodule=datamodule(indexed_dir))
 
@@ -137,14 +138,12 @@ def test_stages_through_lightning_and_a_resume(indexed_dir, tmp_path):
 
     first = ProbeModule()
     callbacks = [ProgressiveResolution(stages=stages), SaveAtEpochEnd(checkpoint, 1)]
-    L.Trainer(**trainer_kwargs(max_epochs=2, callbacks=callbacks, **common)).fit(
-        first, datamodule=datamodule(indexed_dir)
-    )
+    quiet_trainer(max_epochs=2, callbacks=callbacks, **common).fit(first, datamodule=datamodule(indexed_dir))
     assert seen_per_epoch(first) == {0: ({32}, {8}, 8), 1: ({40}, {8}, 8)}
 
     second = ProbeModule()
     resumed = RecordingDataModule(str(indexed_dir), batch_size=8, num_workers=2, train_resolution=64)
-    trainer = L.Trainer(**trainer_kwargs(max_epochs=4, callbacks=[ProgressiveResolution(stages=stages)], **common))
+    trainer = quiet_trainer(max_epochs=4, callbacks=[ProgressiveResolution(stages=stages)], **common)
     trainer.fit(second, datamodule=resumed, ckpt_path=checkpoint)
     assert seen_per_epoch(second) == {2: ({48}, {16}, 4), 3: ({48}, {16}, 4)}
     # Lightning builds the first loader while current_epoch still reads 1; the datamodule knows it is epoch 2.

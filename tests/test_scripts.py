@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .conftest import REPO
+from .helpers import REPO
 
 SCRIPTS = REPO / "scripts"
 

@@ -15,26 +15,24 @@ import threading
 import time
 
 import pytest
-import torch
 
 from resnet_ffcv.callbacks import SpotInterruption
 from resnet_ffcv.callbacks.spot import INTERRUPTED_EXIT_CODE
 from resnet_ffcv.schedules import lr_multiplier
 
-from .spot_support import REPO, CLIProcess, write_config
+from .helpers import REPO
+from .helpers import load_checkpoint as load
+from .spot_support import CLIProcess, write_config
 
 STEPS_PER_EPOCH = 40  # 80 training images, batch 2: long enough that the notice lands mid-epoch
 LR, WARMUP, MAX_EPOCHS = 0.05, 1, 50
-
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def batches_done_in_epoch(checkpoint) -> int:
     return checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"]
 
 
+@pytest.mark.slow
 def test_spot_notice_and_sigterm_save_mid_epoch_and_exit_75(tmp_path, ffcv_dir, imds):
     checkpoints = tmp_path / "checkpoints"
     spot = {

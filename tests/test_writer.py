@@ -31,7 +31,7 @@ from resnet_ffcv.writer import (
     write_dataset,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+from .helpers import REPO
 
 RED, WHITE = (230, 20, 20), (255, 255, 255)
 SIZE = (48, 40)  # width, height
@@ -314,6 +314,7 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_kill_minus_9_mid_write_leaves_no_final_file_and_the_rerun_succeeds(tmp_path):
     source = tmp_path / "images"
     rng = np.random.default_rng(0)
@@ -363,6 +364,7 @@ def test_write_configs_parse(config, capsys):
     assert "preset:" in printed and "on_unreadable:" in printed
 
 
+@pytest.mark.slow
 def test_write_throughput_benchmark_smoke():
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "write_throughput.py"), "--smoke"],

@@ -1,0 +1,87 @@
+"""What several test files need, written once: repository paths, the CLI in a subprocess, checkpoint loading,
+a quiet CPU Trainer and a small real checkpoint.
+
+No relative imports: ``ddp_probe.py`` and ``ddp_eval_script.py`` run as scripts (Lightning's DDP launcher
+re-runs them for rank 1) and import this module as plain ``helpers``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+def cli_command(*args: str) -> list[str]:
+    """``resnet-ffcv ARGS`` as a command line, with this interpreter (the entry point may not be installed)."""
+    return [sys.executable, "-m", "resnet_ffcv.cli", *args]
+
+
+def cli_env(env: dict | None = None, unset: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment plus ``env``, less ``unset``; unbuffered so output arrives as it is printed."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    for name in unset:
+        full_env.pop(name, None)
+    return full_env
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None, unset: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``resnet-ffcv ARGS`` in a subprocess, as a user runs it; returns the CompletedProcess (text output)."""
+    return subprocess.run(
+        cli_command(*args),
+        cwd=cwd or REPO,
+        env=cli_env(env, unset),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,  # nothing may wait on a prompt
+    )
+
+
+def load_checkpoint(path: Path | str) -> dict:
+    """A whole Lightning checkpoint (loops, callbacks, optimizer: not only tensors, so ``weights_only=False``)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def quiet_trainer(**overrides) -> L.Trainer:
+    """A CPU Trainer that writes and prints nothing it is not asked to: no logger, checkpoints, progress bar,
+    model summary or sanity check. ``overrides`` replace any of these."""
+    return L.Trainer(
+        **{
+            "accelerator": "cpu",
+            "devices": 1,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            **overrides,
+        }
+    )
+
+
+def trained_checkpoint(path: Path, batch: int = 4, resolution: int = 32, **model_args) -> Path:
+    """A real Lightning checkpoint of a 10-class ResNet-18 after 3 SGD steps on synthetic batches.
+
+    EMA decay 0.5, so after 3 steps the EMA weights clearly differ from the raw ones.
+    """
+    from resnet_ffcv.model import ImageClassifier
+    from resnet_ffcv.throughput import RepeatedBatches, synthetic_batch
+
+    torch.manual_seed(0)
+    module = ImageClassifier(
+        **{"arch": "resnet18", "num_classes": 10, "lr": 0.05, "warmup_epochs": 0, "ema_decay": 0.5, **model_args}
+    )
+    trainer = quiet_trainer(max_steps=3)
+    trainer.fit(module, RepeatedBatches(synthetic_batch(batch, resolution, 10, torch.device("cpu")), 3))
+    trainer.save_checkpoint(path)
+    return path
