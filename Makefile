@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config tmux
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps test demo lint format clean
+.PHONY: install system-deps test test-fast demo lint format clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(BIN)/pytest -q
+
+# The in-process tests only (a few minutes): what to run while editing. `make test` adds the slow ones.
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
 
 demo: install
 	bash scripts/demo.sh
