@@ -45,7 +45,7 @@ def main(out_path: str) -> None:
         result = {
             "logged": logged,
             "expected": expected,
-            "ema_updates": model.ema.num_updates,
+            "ema_updates": int(model.ema.n_averaged),
             "after_fit": {key: float(value) for key, value in fit.callback_metrics.items()},
         }
         with open(out_path, "w") as file:

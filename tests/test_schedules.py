@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import pytest
 
-from resnet_ffcv.schedules import Schedule, cosine, onecycle, step, triangular
+from resnet_ffcv.schedules import SCHEDULES, Schedule, ScheduleName, cosine, onecycle, step, triangular
 
 
 def test_triangular_matches_ffcv_at_start_peak_and_end():
@@ -53,3 +54,10 @@ def test_schedule_dispatches_by_name_and_rejects_unknown():
         Schedule("linear")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="lr_peak_epoch"):
         Schedule("triangular", peak_epoch=0)
+
+
+def test_registry_is_the_list_of_names_a_config_accepts():
+    # ScheduleName is what jsonargparse validates model.scheduler against and lists in --help.
+    assert get_args(ScheduleName) == tuple(SCHEDULES) == ("onecycle", "triangular", "cosine", "step", "constant")
+    assert Schedule("onecycle", warmup_epochs=8)(4.0, 60) == onecycle(4.0, 60, 8)
+    assert Schedule("cosine", warmup_epochs=2, min_ratio=0.1)(7.3, 10) == cosine(7.3, 10, 2, 0.1)

@@ -67,7 +67,3 @@ class EMA(AveragedModel):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._host_updates = None  # n_averaged may have changed: read it again at the next update
-
-    @property
-    def num_updates(self) -> int:
-        return int(self.n_averaged.item())

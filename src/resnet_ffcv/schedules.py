@@ -98,8 +98,3 @@ class Schedule:
 
     def __call__(self, epoch: float, max_epochs: float) -> float:
         return SCHEDULES[self.name](self, epoch, max_epochs)
-
-
-def lr_multiplier(name: ScheduleName, epoch: float, max_epochs: float, warmup_epochs: float) -> float:
-    """Shorthand for ``Schedule(name, warmup_epochs)(epoch, max_epochs)`` with the other knobs at defaults."""
-    return Schedule(name=name, warmup_epochs=warmup_epochs)(epoch, max_epochs)
