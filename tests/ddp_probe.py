@@ -14,16 +14,22 @@ from pathlib import Path
 from data_helpers import ProbeModule
 from helpers import quiet_trainer
 
-from resnet_ffcv.callbacks import ProgressiveResolution
 from resnet_ffcv.data import FFCVDataModule
+from resnet_ffcv.resolution import ResolutionSchedule
 
 
 def main(data_dir: str, out_dir: str) -> None:
     # FFCV's ramp: 32 px on epoch 0, 64 px from epoch 1 (the datamodule alone would say 48).
-    ramp = ProgressiveResolution(min_res=32, max_res=64, start_ramp=0, end_ramp=1, round_to=32)
-    trainer = quiet_trainer(strategy="ddp", devices=2, max_epochs=2, callbacks=[ramp])
+    ramp = ResolutionSchedule(min_res=32, max_res=64, start_ramp=0, end_ramp=1, round_to=32)
+    trainer = quiet_trainer(strategy="ddp", devices=2, max_epochs=2)
     data = FFCVDataModule(
-        data_dir, batch_size=8, val_batch_size=10, num_workers=1, train_resolution=48, val_resolution=32
+        data_dir,
+        batch_size=8,
+        val_batch_size=10,
+        num_workers=1,
+        train_resolution=48,
+        val_resolution=32,
+        resolution=ramp,
     )
     model = ProbeModule()
     trainer.fit(model, datamodule=data)

@@ -17,19 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resnet_ffcv.dataset_format import CLASSES_FILE, MANIFEST_FILE, load_classes
 from resnet_ffcv.ffcv_io import WriteAborted
 from resnet_ffcv.inspect_dataset import StoredImages
 from resnet_ffcv.sources import list_imagefolder
-from resnet_ffcv.writer import (
-    CLASSES_FILE,
-    MANIFEST_FILE,
-    PRESETS,
-    REPORT_FILE,
-    DatasetProblems,
-    estimate_bytes,
-    load_classes,
-    write_dataset,
-)
+from resnet_ffcv.writer import PRESETS, REPORT_FILE, DatasetProblems, estimate_bytes, write_dataset
 
 from .helpers import REPO
 

@@ -34,11 +34,12 @@ from resnet_ffcv.callbacks.checkpointing import (
     load_checkpoint_header,
 )
 from resnet_ffcv.callbacks.cost import CostMonitor
-from resnet_ffcv.callbacks.resolution import ProgressiveResolution
+from resnet_ffcv.callbacks.resolution import ResolutionMonitor
 from resnet_ffcv.callbacks.spot import TrainingInterrupted
 from resnet_ffcv.callbacks.target_accuracy import TargetAccuracyStop
 from resnet_ffcv.data import FFCVDataModule
 from resnet_ffcv.model import ImageClassifier
+from resnet_ffcv.resolution import ResolutionSchedule
 from resnet_ffcv.wandb_setup import fall_back_to_offline_without_credentials
 
 # Hyperparameters that change the network's shape: a checkpoint written with other values cannot be continued.
@@ -65,7 +66,10 @@ class ResNetCLI(LightningCLI):
         # Callbacks that recipes and machines configure differently get sections of their own, always present
         # and off (or zero) unless set: a later config sets single keys (resolution.start_ramp: 41,
         # target.target_accuracy: null, cost.price_per_hour: 3.5) where a callbacks list is replaced whole.
-        parser.add_lightning_class_args(ProgressiveResolution, "resolution")
+        # The resolution schedule is a plain object the datamodule is given; a callback logs what was served.
+        parser.add_class_arguments(ResolutionSchedule, "resolution")
+        parser.link_arguments("resolution", "data.resolution", apply_on="instantiate")
+        parser.add_lightning_class_args(ResolutionMonitor, "resolution_monitor")
         parser.add_lightning_class_args(TargetAccuracyStop, "target")
         parser.add_lightning_class_args(CostMonitor, "cost")
 

@@ -2,206 +2,27 @@
 
 FFCV's pipelines end in uint8: normalization happens on the device in the LightningModule (a normalize inside
 the pipeline can hang forever on the CPU in ffcv 1.0.2, and uint8 moves 4x fewer bytes to the GPU).
-Loaders are built inside the dataloader hooks because ``distributed=True`` needs the process group.
-
-Three things FFCV's ``Loader`` does not do on its own under Lightning, done here:
-
-- Epoch order follows the trainer. FFCV shuffles by its own counter ``next_epoch``, which starts at 0 in every
-  process and is bumped by every ``iter()``; Lightning calls ``iter()`` at different points (and sometimes
-  twice) per epoch. :class:`EpochLoader` sets the epoch explicitly each time it starts one.
-- Mid-epoch resume. The datamodule's ``state_dict`` (which Lightning stores in every checkpoint) holds the
-  epoch and the batches Lightning had consumed in it; the next iterator for that epoch yields exactly the
-  rest of the epoch's order (:class:`ResumableOrder`), without decoding what is skipped.
-- No leaks. An FFCV ``EpochIterator`` that is not run to its end keeps its thread and its batch buffers alive
-  forever (ffcv issues #345, #393): max_steps, limit_*_batches, early stopping and interruptions all do that.
-  :class:`EpochLoader` keeps one live iterator and stops it before starting the next, and on ``teardown``.
+Loaders are built inside the dataloader hooks because ``distributed=True`` needs the process group. What FFCV's
+``Loader`` does not do on its own under Lightning (epoch order, exact mid-epoch resume, no leaked iterators)
+lives in :mod:`resnet_ffcv.ffcv_loading`; the file format and its checks in :mod:`resnet_ffcv.dataset_format`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import suppress
 from pathlib import Path
-from queue import Empty
 from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
 
-from resnet_ffcv.writer import CLASSES_FILE, load_classes
+from resnet_ffcv.dataset_format import CLASSES_FILE, IMAGE_FIELD, LABEL_FIELD, load_classes, validate_ffcv
+from resnet_ffcv.ffcv_loading import EpochLoader, ResumableOrder, cores_per_rank
+from resnet_ffcv.resolution import ResolutionSchedule, check_resolution
 
 Order = Literal["random", "quasi_random", "sequential"]
-# epoch -> (train resolution, per-device batch size or None for the configured one): callbacks/resolution.py
-TrainSchedule = Callable[[int], tuple[int, int | None]]
-
-IMAGE_FIELD = "image"
-LABEL_FIELD = "label"
-# FFCV itself takes any crop size (33 px works); multiples of 8 keep channels_last convolutions on tensor-core
-# friendly shapes and the ResNet stages' feature maps whole.
-RESOLUTION_MULTIPLE = 8
-
-
-def cores_per_rank(devices_per_node: int) -> int:
-    return max(1, len(os.sched_getaffinity(0)) // max(1, devices_per_node))
-
-
-def check_resolution(resolution: int, key: str) -> int:
-    if not isinstance(resolution, int) or resolution <= 0 or resolution % RESOLUTION_MULTIPLE:
-        raise ValueError(f"{key}={resolution!r}: expected a positive multiple of {RESOLUTION_MULTIPLE} pixels")
-    return resolution
-
-
-def inspect_ffcv(path: Path, num_classes: int) -> int:
-    """Checks that ``path`` is a readable .ffcv file with our fields and labels in range; returns its length.
-
-    Reads only the header and the per-sample metadata (labels live there), so it is fast even for ImageNet.
-    """
-    from ffcv.fields import IntField, RGBImageField
-    from ffcv.reader import Reader
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing .ffcv file (check data.data_dir / data.train_file / data.val_file)")
-    try:
-        reader = Reader(str(path))
-    except Exception as error:  # numpy / ffcv errors say nothing about which file
-        raise ValueError(f"{path}: not a readable .ffcv file ({type(error).__name__}: {error})") from error
-    expected = {IMAGE_FIELD: RGBImageField, LABEL_FIELD: IntField}
-    found = {name: type(handler).__name__ for name, handler in reader.handlers.items()}
-    for name, field_type in expected.items():
-        if name not in reader.handlers:
-            raise ValueError(
-                f"{path}: no field {name!r} (fields: {found}); expected {IMAGE_FIELD!r} and {LABEL_FIELD!r}"
-            )
-        if not isinstance(reader.handlers[name], field_type):
-            raise ValueError(f"{path}: field {name!r} is {found[name]}, expected {field_type.__name__}")
-    if reader.num_samples == 0:
-        raise ValueError(f"{path}: holds no samples")
-    labels = reader.metadata[f"f{list(reader.handlers).index(LABEL_FIELD)}"]
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad.size:
-        raise ValueError(
-            f"{path}: label {int(labels[bad[0]])} at sample {int(bad[0])} is outside 0..{num_classes - 1} "
-            f"(data.num_classes={num_classes}; {bad.size} samples out of range)"
-        )
-    return int(reader.num_samples)
-
-
-class ResumableOrder:
-    """FFCV's own order for an epoch, cut to whole batches, minus the samples a resumed run already consumed.
-
-    Installed as ``loader.traversal_order`` after the Loader is built (its constructor cannot take a custom
-    order instance in 1.0.2: it calls the instance); FFCV only ever calls ``sample_order`` on it.
-    ``len(loader)`` still counts the whole epoch, which is what Lightning's fit loop needs on a resume (see
-    :meth:`FFCVDataModule.state_dict`).
-    """
-
-    def __init__(self, inner, batch_size: int, drop_last: bool):
-        self.inner = inner
-        self.batch_size = batch_size
-        self.drop_last = drop_last
-        self.skip: tuple[int, int] | None = None  # (epoch, samples already consumed in it)
-
-    def sample_order(self, epoch: int) -> np.ndarray:
-        order = np.asarray(self.inner.sample_order(epoch))
-        if self.drop_last:
-            order = order[: len(order) // self.batch_size * self.batch_size]
-        if self.skip is not None and self.skip[0] == epoch:
-            order = order[self.skip[1] :]
-        return order
-
-
-class EpochLoader:
-    """One FFCV ``Loader`` with at most one live ``EpochIterator``, the epoch set explicitly each time.
-
-    The FFCV iterator starts at the first ``next()``, not at ``iter()``: Lightning calls ``iter()`` twice on
-    epochs that reload dataloaders and creates the train iterator before ``on_train_epoch_start`` on the first
-    epoch and after a resume, so starting lazily decodes nothing twice and sees the state the epoch hooks set.
-
-    Args:
-        loader: the FFCV Loader.
-        before_epoch: called just before an epoch starts; returns the epoch whose order to serve.
-    """
-
-    def __init__(self, loader, before_epoch: Callable[[EpochLoader], int] | None = None):
-        self.loader = loader
-        self.before_epoch = before_epoch
-        self.order: ResumableOrder | None = (
-            loader.traversal_order if isinstance(loader.traversal_order, ResumableOrder) else None
-        )
-        self._live = None
-        self.epoch: int | None = None
-        self.batches_done = 0  # batches of ``epoch`` handed out so far, including those skipped on a resume
-
-    @property
-    def batch_size(self) -> int:
-        return self.loader.batch_size
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator:
-        self.close()
-        return self._batches()
-
-    def _batches(self) -> Iterator:
-        epoch = self.before_epoch(self) if self.before_epoch is not None else 0
-        self.loader.next_epoch = epoch
-        skip = self.order.skip if self.order is not None else None
-        skipped = skip[1] // self.batch_size if skip is not None and skip[0] == epoch else 0
-        self.close()
-        self.epoch, self.batches_done = epoch, skipped
-        live = self._live = iter(self.loader)
-        try:
-            for batch in live:
-                self.batches_done += 1
-                yield batch
-        finally:
-            # Runs when the epoch ends, and when this generator is closed or collected half-way (maybe after a
-            # newer epoch started: stop only this generator's own iterator).
-            stop_epoch_iterator(live)
-            if self._live is live:
-                self._live = None
-
-    def close(self) -> None:
-        """Stops the live FFCV iterator's thread and frees its buffers."""
-        iterator, self._live = self._live, None
-        if iterator is not None:
-            stop_epoch_iterator(iterator)
-
-    # Lightning's fit loop warns that a mid-epoch checkpoint cannot resume unless every train loader has
-    # state_dict/load_state_dict. This one does resume exactly; its state lives in FFCVDataModule.state_dict.
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        pass
-
-
-def stop_epoch_iterator(iterator) -> None:
-    """Ends an FFCV ``EpochIterator`` within one batch: its thread exits, so its buffers can be freed.
-
-    Left alone, an abandoned iterator lives forever: its thread holds it (so ``__del__`` never runs) and waits
-    on its full output queue (ffcv #345, #393). FFCV's ``close()`` only sets an event that the thread reads
-    once its queue has stayed full for 0.5 s. Instead: cut its batch list and keep its queue empty until the
-    thread exits (its last ``put`` has no timeout); then release the memory context once, when no batch is
-    being decoded. An iterator that ran to its end was closed by FFCV already and only needs the join.
-    """
-    closed_by_ffcv = iterator.terminate_event.is_set()  # EpochIterator.__next__ closes it at the epoch's end
-    iterator.terminate_event.set()
-    iterator.iter_ixes = iter(())
-    while iterator.is_alive():
-        with suppress(Empty):
-            while True:
-                iterator.output_queue.get_nowait()
-        iterator.join(timeout=0.001)
-    if not (closed_by_ffcv or iterator.closed):
-        iterator.close()
-    iterator.closed = True  # FFCV's close() never sets it: without this, __del__ would exit the context again
-    iterator.memory_allocations = None
 
 
 class FFCVDataModule(L.LightningDataModule):
@@ -215,8 +36,8 @@ class FFCVDataModule(L.LightningDataModule):
         global_batch_size: if set, replaces ``batch_size``: split evenly over all ranks (must divide).
         val_batch_size: per device for validation; defaults to the training batch size.
         num_workers: FFCV decode threads per rank; default: the CPU cores divided by the ranks on this node.
-        train_resolution: side of the random-resized crop, in pixels (a multiple of 8); the
-            ``ProgressiveResolution`` callback overrides it per epoch.
+        train_resolution: side of the random-resized crop, in pixels (a multiple of 8), when ``resolution``
+            is off.
         val_resolution: side of the centre crop, in pixels (a multiple of 8).
         val_crop_ratio: centre crop side / short image side (224/256 as in the classic ImageNet protocol).
         scale: random-resized-crop area range, as a fraction of the image.
@@ -231,6 +52,8 @@ class FFCVDataModule(L.LightningDataModule):
         num_classes: class count; by default the length of ``classes.json``.
         predict_path: what ``resnet-ffcv predict`` reads: a folder of images (searched recursively), one
             image, or a ``.ffcv`` file; each is centre-cropped as at validation (``predict.py``).
+        resolution: the training resolution (and batch size) per epoch; the CLI builds it from the config's
+            ``resolution:`` section. None, or a schedule with neither stages nor ramp: ``train_resolution``.
     """
 
     def __init__(
@@ -254,6 +77,7 @@ class FFCVDataModule(L.LightningDataModule):
         seed: int = 0,
         num_classes: int | None = None,
         predict_path: str | None = None,
+        resolution: ResolutionSchedule | None = None,
     ):
         super().__init__()
         self.data_dir = Path(data_dir)
@@ -261,14 +85,15 @@ class FFCVDataModule(L.LightningDataModule):
         self.val_path = self.data_dir / val_file
         self.classes_path = self.data_dir / CLASSES_FILE
         self.num_classes = num_classes if num_classes is not None else self._count_classes()
-        # num_classes is logged with the model's hparams (the CLI links it there); here it may read None.
-        self.save_hyperparameters(ignore=["num_classes"])
+        # num_classes is logged with the model's hparams (the CLI links it there); here it may read None. The
+        # schedule is an object: the config that built it is logged and saved whole by the CLI.
+        self.save_hyperparameters(ignore=["num_classes", "resolution"])
         self.train_resolution = check_resolution(train_resolution, "data.train_resolution")
         check_resolution(val_resolution, "data.val_resolution")
         if batch_size < 1 or (global_batch_size is not None and global_batch_size < 1):
             raise ValueError(f"data.batch_size={batch_size}, data.global_batch_size={global_batch_size}: expected >= 1")
-        self.train_batch_size: int | None = None  # from a TrainSchedule stage; None: the configured one
-        self._schedule: TrainSchedule | None = None
+        self.resolution = resolution if resolution is not None and resolution.active else None
+        self._stage_batch_size: int | None = None  # from a resolution stage; None: the configured one
         self._train_loaders: dict[int, EpochLoader] = {}  # by batch size: a new size means a new (compiled) Loader
         self._val_loader: EpochLoader | None = None
         self._standalone_epoch = 0  # the epoch counter when no Trainer is attached
@@ -329,21 +154,30 @@ class FFCVDataModule(L.LightningDataModule):
         if stage == "predict":
             self._check_predict_input()
             return
-        paths = [self.train_path, self.val_path] if stage == "fit" else [self.val_path]
-        for path in paths:
-            if path not in self._sizes:
-                self._sizes[path] = inspect_ffcv(path, self.num_classes)
+        for path in [self.train_path, self.val_path] if stage == "fit" else [self.val_path]:
+            self._samples(path)
         if stage == "fit":
-            self.check_train_batch_size(self.configured_batch_size(), "data.batch_size")
+            self._check_train_batch_size(self.configured_batch_size(), "data.batch_size")
+            self._check_schedule()
         if self._sizes[self.val_path] < self.world_size:
             raise ValueError(
                 f"{self.val_path}: {self._sizes[self.val_path]} samples for {self.world_size} ranks: "
                 "expected at least one per rank"
             )
 
-    def check_train_batch_size(self, batch_size: int, key: str) -> None:
+    def _samples(self, path: Path) -> int:
+        """Sample count of ``path``, checked once (schema, labels in range) before any loader reads it."""
+        if path not in self._sizes:
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path}: missing .ffcv file (check data.data_dir / data.train_file / data.val_file)"
+                )
+            self._sizes[path] = validate_ffcv(path, self.num_classes)
+        return self._sizes[path]
+
+    def _check_train_batch_size(self, batch_size: int, key: str) -> None:
         """Each rank must get at least one full batch of ``batch_size``; ``key`` names the setting."""
-        samples = self._sizes.get(self.train_path) or inspect_ffcv(self.train_path, self.num_classes)
+        samples = self._samples(self.train_path)
         per_rank = math.ceil(samples / self.world_size)
         if self.hparams.drop_last and per_rank < batch_size:
             raise ValueError(
@@ -351,25 +185,33 @@ class FFCVDataModule(L.LightningDataModule):
                 f"{self.world_size} ranks: not one full batch (lower it or set data.drop_last: false)"
             )
 
-    # -- the surface callbacks use ---------------------------------------------------------------------------
+    def _check_schedule(self) -> None:
+        """Stages that change the batch size need a loader per stage, and a full batch on every rank."""
+        sizes = self.resolution.stage_batch_sizes() if self.resolution is not None else {}
+        reload = self.trainer.reload_dataloaders_every_n_epochs if self.trainer is not None else 1
+        if sizes and reload != 1:
+            raise ValueError(
+                "resolution.stages change the batch size: set trainer.reload_dataloaders_every_n_epochs: 1 "
+                f"(now {reload}) so each stage gets its own loader"
+            )
+        for key, batch_size in sizes.items():
+            self._check_train_batch_size(batch_size, key)
+
+    # -- the per-epoch training resolution -------------------------------------------------------------------
     def set_train_resolution(self, resolution: int) -> None:
-        """Takes effect when the next training epoch starts, without recompiling the pipeline."""
+        """Takes effect when the next training epoch starts, without recompiling the pipeline (``resolution``
+        overrides it when a schedule is set)."""
         self.train_resolution = check_resolution(resolution, "train resolution")
 
-    def set_train_schedule(self, schedule: TrainSchedule | None) -> None:
-        """Asked for (resolution, batch size) of epoch k each time a train loader or train epoch is prepared.
-
-        Both moments matter: Lightning builds the loader (batch size) and creates its iterator before
-        ``on_train_epoch_start`` on the first epoch, after a resume and after a reload, so an epoch hook alone
-        would give the first resumed epoch the previous stage's settings.
-        """
-        self._schedule = schedule
-
     def _apply_schedule(self, epoch: int) -> None:
-        if self._schedule is not None:
-            resolution, batch_size = self._schedule(epoch)
+        """Sets epoch k's resolution and batch size. Called both when a train loader is built and when its
+        epoch starts: Lightning builds the loader (batch size) and creates its iterator before
+        ``on_train_epoch_start`` on the first epoch, after a resume and after a reload, so an epoch hook alone
+        would give the first resumed epoch the previous stage's settings."""
+        if self.resolution is not None:
+            resolution, batch_size = self.resolution.at(epoch)
             self.set_train_resolution(resolution)
-            self.train_batch_size = batch_size
+            self._stage_batch_size = batch_size
 
     def train_epoch(self) -> int:
         """The epoch whose order the next training iterator serves.
@@ -489,7 +331,7 @@ class FFCVDataModule(L.LightningDataModule):
     def _start_train_epoch(self, loader: EpochLoader) -> int:
         epoch = self.train_epoch()
         self._apply_schedule(epoch)
-        expected = self.train_batch_size or self.configured_batch_size()
+        expected = self._stage_batch_size or self.configured_batch_size()
         if expected != loader.batch_size:
             raise RuntimeError(
                 f"epoch {epoch} wants a per-device batch size of {expected}, the train loader has "
@@ -504,9 +346,9 @@ class FFCVDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> EpochLoader:
         self._apply_schedule(self.train_epoch())
-        batch_size = self.train_batch_size or self.configured_batch_size()
+        batch_size = self._stage_batch_size or self.configured_batch_size()
         if batch_size not in self._train_loaders:
-            self.check_train_batch_size(batch_size, "train batch size")
+            self._check_train_batch_size(batch_size, "train batch size")
             self._train_loaders[batch_size] = self._build_train_loader(batch_size)
         for other in self._train_loaders.values():
             other.close()
@@ -529,7 +371,7 @@ class FFCVDataModule(L.LightningDataModule):
 
         resolution = self.hparams.val_resolution
         decoder = CenterCropRGBImageDecoder((resolution, resolution), ratio=self.hparams.val_crop_ratio)
-        samples = self._sizes.get(path) or inspect_ffcv(path, self.num_classes)
+        samples = self._samples(path)
         shard = np.arange(self.global_rank, samples, self.world_size)
         batch_size = self.hparams.val_batch_size or self.configured_batch_size()
         loader = self._ffcv_loader(
@@ -548,25 +390,11 @@ class FFCVDataModule(L.LightningDataModule):
     # -- prediction (resnet-ffcv predict) --------------------------------------------------------------------
     def _check_predict_input(self) -> None:
         """Lists and checks ``predict_path`` before a model runs: every image's header, or the .ffcv file."""
-        from resnet_ffcv.predict import PREDICT_SUFFIXES, check_images, list_images
+        from resnet_ffcv.predict import predict_image_files
 
-        path = self.predict_path
-        if path is None:
-            raise ValueError("data.predict_path is not set: expected a folder of images or a .ffcv file")
-        if path.is_dir():
-            files = list_images(path)
-            if not files:
-                raise ValueError(f"data.predict_path={path}: no {'/'.join(PREDICT_SUFFIXES)} files in this folder")
-        elif path.suffix == ".ffcv":
-            self._sizes[path] = inspect_ffcv(path, self.num_classes)
-            files = None
-        elif path.is_file() and path.suffix.lower() in PREDICT_SUFFIXES:
-            files = [path]
-        else:
-            raise FileNotFoundError(f"data.predict_path={path}: expected a folder of images, an image or a .ffcv file")
-        if files is not None:
-            check_images(files)
-        self._predict_files = files
+        self._predict_files = predict_image_files(self.predict_path)
+        if self._predict_files is None:
+            self._samples(self.predict_path)
 
     @property
     def predict_names(self) -> list[str] | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from resnet_ffcv.dataset_format import CLASSES_FILE, load_classes, validate_ffcv
 from resnet_ffcv.wandb_setup import wandb_credentials, wandb_mode
 
 # A full ResNet-50 checkpoint (weights, SGD momentum, EMA copy) is ~300 MB; keep room for the periodic ones too.
@@ -57,13 +58,31 @@ def check_cuda_nccl(accelerator: str, strategy: str) -> Check:
 
 
 def check_data(data_dir: Path, files: list[str]) -> list[Check]:
+    """Each file present and readable as the format says: ``.ffcv`` files schema-checked (labels within
+    ``classes.json``'s classes when it is there), ``classes.json`` parsed; header and metadata only, fast."""
+    classes_path = data_dir / CLASSES_FILE
+    try:
+        num_classes = len(load_classes(classes_path)) if classes_path.is_file() else None
+    except (ValueError, KeyError, TypeError):  # reported by its own line below
+        num_classes = None
     checks = []
     for name in files:
         path = data_dir / name
-        if path.is_file():
-            checks.append(Check(f"data {name}", path.stat().st_size > 0, f"{path} ({_gb(path.stat().st_size)})"))
-        else:
+        if not path.is_file():
             checks.append(Check(f"data {name}", False, f"{path} is missing"))
+            continue
+        try:
+            if path.suffix == ".ffcv":
+                found = f"{validate_ffcv(path, num_classes, classes_key='len(classes.json)')} samples"
+            elif path.name == CLASSES_FILE:
+                found = f"{len(load_classes(path))} classes"
+            else:
+                found = "present"
+        except (ValueError, KeyError, TypeError) as error:
+            detail = str(error) if str(error).startswith(str(path)) else f"{path}: unreadable ({error!r})"
+            checks.append(Check(f"data {name}", False, detail))
+            continue
+        checks.append(Check(f"data {name}", True, f"{path} ({_gb(path.stat().st_size)}, {found})"))
     return checks
 
 

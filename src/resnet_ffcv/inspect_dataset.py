@@ -15,27 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_ffcv.writer import CLASSES_FILE, load_classes
+from resnet_ffcv.dataset_format import CLASSES_FILE, IMAGE_FIELD, LABEL_FIELD, field_metadata, load_classes, open_ffcv
 
 
 class StoredImages:
-    """Random access to the images and labels of a ``.ffcv`` file with fields ``image`` and ``label``."""
+    """Random access to the images and labels of a ``.ffcv`` file of our format (checked on opening)."""
 
     def __init__(self, path: str | Path):
-        from ffcv.fields import IntField, RGBImageField
-        from ffcv.reader import Reader
-
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such .ffcv file")
-        self.reader = Reader(str(self.path))
+        self.reader = open_ffcv(self.path)
         self.fields = {name: type(handler).__name__ for name, handler in self.reader.handlers.items()}
-        for name, kind in (("image", RGBImageField), ("label", IntField)):
-            if not isinstance(self.reader.handlers.get(name), kind):
-                raise ValueError(f"{self.path}: expected a field {name!r} of type {kind.__name__}, found {self.fields}")
-        names = self.reader.field_names
-        self.meta = self.reader.metadata[f"f{names.index('image')}"]
-        self.labels = np.asarray(self.reader.metadata[f"f{names.index('label')}"], dtype=np.int64)
+        self.meta = field_metadata(self.reader, IMAGE_FIELD)
+        self.labels = np.asarray(field_metadata(self.reader, LABEL_FIELD), dtype=np.int64)
         table = self.reader.alloc_table
         self.sizes = dict(zip(table["ptr"].tolist(), table["size"].tolist(), strict=True))
         self.data = np.memmap(self.path, dtype=np.uint8, mode="r")
@@ -131,21 +122,13 @@ def inspect_dataset(
     def name(label: int) -> str:
         return names[label] if names and 0 <= label < len(names) else str(label)
 
-    order = np.argsort(histogram, kind="stable")
     summary = {
         "file": str(stored.path),
         "bytes": stored.path.stat().st_size,
         "images": count,
         "fields": stored.fields,
         "classes": num_classes,
-        "labels": {
-            "classes_present": int((histogram > 0).sum()),
-            "empty_classes": [name(int(label)) for label in np.flatnonzero(histogram == 0)[:20]],
-            "per_class": _stats(histogram),
-            "fewest": {name(int(label)): int(histogram[label]) for label in order[:3]},
-            "most": {name(int(label)): int(histogram[label]) for label in order[::-1][:3]},
-            "out_of_range": int(((stored.labels < 0) | (stored.labels >= max(num_classes, 1))).sum()),
-        },
+        "labels": _label_summary(stored.labels, histogram, num_classes, name),
         "stored_size": {
             "width": _stats(stored.meta["width"].astype(np.int64)),
             "height": _stats(stored.meta["height"].astype(np.int64)),
@@ -163,6 +146,19 @@ def inspect_dataset(
         Path(json_out).write_text(json.dumps(summary, indent=1))
     _print(summary)
     return summary
+
+
+def _label_summary(labels: np.ndarray, histogram: np.ndarray, num_classes: int, name) -> dict:
+    """Classes present and empty, samples per class, the rarest and commonest, labels outside the index."""
+    order = np.argsort(histogram, kind="stable")
+    return {
+        "classes_present": int((histogram > 0).sum()),
+        "empty_classes": [name(int(label)) for label in np.flatnonzero(histogram == 0)[:20]],
+        "per_class": _stats(histogram),
+        "fewest": {name(int(label)): int(histogram[label]) for label in order[:3]},
+        "most": {name(int(label)): int(histogram[label]) for label in order[::-1][:3]},
+        "out_of_range": int(((labels < 0) | (labels >= max(num_classes, 1))).sum()),
+    }
 
 
 def _print(summary: dict) -> None:

@@ -177,10 +177,10 @@ def _measure_loader(config, resolution: int, batch: int, batches: int, devices_p
 
 def _schedule_of(config) -> Callable[[int], tuple[int, int | None]]:
     """The ``resolution:`` schedule of the config, or the fixed ``data.train_resolution`` when it is off."""
-    from resnet_ffcv.callbacks.resolution import ProgressiveResolution
+    from resnet_ffcv.resolution import ResolutionSchedule
 
     settings = {key: value for key, value in vars(config.resolution).items() if not key.startswith("_")}
-    schedule = ProgressiveResolution(**settings)
+    schedule = ResolutionSchedule(**settings)
     return schedule.at if schedule.active else lambda epoch: (config.data.train_resolution, None)
 
 

@@ -68,6 +68,25 @@ def check_images(files: list[Path]) -> None:
             ) from error
 
 
+def predict_image_files(path: Path | None) -> list[Path] | None:
+    """The images ``data.predict_path`` names (a folder, searched recursively, or one image), every header
+    checked before a model runs; None for a ``.ffcv`` file, which the datamodule checks as it checks its own."""
+    if path is None:
+        raise ValueError("data.predict_path is not set: expected a folder of images or a .ffcv file")
+    if path.is_dir():
+        files = list_images(path)
+        if not files:
+            raise ValueError(f"data.predict_path={path}: no {'/'.join(PREDICT_SUFFIXES)} files in this folder")
+    elif path.suffix == ".ffcv":
+        return None
+    elif path.is_file() and path.suffix.lower() in PREDICT_SUFFIXES:
+        files = [path]
+    else:
+        raise FileNotFoundError(f"data.predict_path={path}: expected a folder of images, an image or a .ffcv file")
+    check_images(files)
+    return files
+
+
 def center_crop(image: np.ndarray, resolution: int, crop_ratio: float) -> np.ndarray:
     """FFCV's ``CenterCropRGBImageDecoder`` on a decoded HWC image: the centred square whose side is
     ``crop_ratio`` of the short side, resized to ``resolution`` (so the short side is in effect scaled to
@@ -136,7 +155,7 @@ class IndexedBatches:
     ``indices[b * batch_size : (b + 1) * batch_size]``.
 
     Args:
-        loader: the FFCV loader (or :class:`~resnet_ffcv.data.EpochLoader`), sequential, no ``drop_last``.
+        loader: the FFCV loader (or :class:`~resnet_ffcv.ffcv_loading.EpochLoader`), sequential, no ``drop_last``.
         indices: the sample indices it reads, in its order.
     """
 

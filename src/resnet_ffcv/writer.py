@@ -23,13 +23,23 @@ import random
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from resnet_ffcv import atomic
+from resnet_ffcv.dataset_format import (
+    CLASSES_FILE,
+    IMAGE_FIELD,
+    LABEL_FIELD,
+    MANIFEST_FILE,
+    class_entries,
+    save_classes,
+)
+from resnet_ffcv.dataset_format import load_classes as load_classes  # re-exported: older imports name the writer
 from resnet_ffcv.ffcv_io import WriteAborted
 from resnet_ffcv.sources import (
     ClassInfo,
@@ -40,8 +50,6 @@ from resnet_ffcv.sources import (
     read_class_names,
 )
 
-CLASSES_FILE = "classes.json"
-MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "write_report.json"
 LOCK_FILE = ".write-dataset.lock"
 PARTIAL_SUFFIX = ".partial"
@@ -77,29 +85,14 @@ def image_fields(preset: Preset) -> dict:
     from ffcv.fields import IntField, RGBImageField
 
     return {
-        "image": RGBImageField(
+        IMAGE_FIELD: RGBImageField(
             write_mode=preset.write_mode,
             max_resolution=preset.max_resolution,
             compress_probability=preset.compress_probability,
             jpeg_quality=preset.jpeg_quality,
         ),
-        "label": IntField(),
+        LABEL_FIELD: IntField(),
     }
-
-
-# -- class index ---------------------------------------------------------------------------------------------
-def class_entries(classes: list[ClassInfo]) -> list[dict]:
-    return [{"index": index, "wnid": info.wnid, "name": info.name} for index, info in enumerate(classes)]
-
-
-def save_classes(path: Path, classes: list[ClassInfo]) -> None:
-    atomic.write_text(path, json.dumps(class_entries(classes), indent=1))
-
-
-def load_classes(path: str | Path) -> list[str]:
-    """Class names by label index from a ``classes.json`` written by :func:`write_dataset`."""
-    entries = json.loads(Path(path).read_text())
-    return [entry["name"] for entry in sorted(entries, key=lambda entry: entry["index"])]
 
 
 def _sha256(data: str) -> str:
@@ -267,110 +260,35 @@ def write_dataset(
     """
     started = time.time()
     source_dir, output_dir = Path(source_dir), Path(output_dir)
-    if not source_dir.is_dir():
-        raise FileNotFoundError(f"source_dir={source_dir}: not a directory")
-    if not splits:
-        raise ValueError("splits: expected at least one split name")
-    if chunk_size < 1 or num_workers < 1:
-        raise ValueError(f"chunk_size={chunk_size}, num_workers={num_workers}: expected positive integers")
+    _check_arguments(source_dir, splits, chunk_size, num_workers)
     params = _resolve_preset(preset, write_mode, max_resolution, compress_probability, jpeg_quality)
-    policies: dict[str, Policy] = {
-        "unreadable": on_unreadable,
-        "stray_file": on_stray_file,
-        "empty_class": on_empty_class,
-        "class_mismatch": on_class_mismatch,
-    }
-    for kind, policy in policies.items():
-        if policy not in ("fail", "skip"):
-            raise ValueError(f"on_{kind}={policy!r}: expected 'fail' or 'skip'")
+    policies = _check_policies(
+        unreadable=on_unreadable, stray_file=on_stray_file, empty_class=on_empty_class, class_mismatch=on_class_mismatch
+    )
     names = read_class_names(class_names_file) if class_names_file else None
-    if source == "auto":
-        source = "huggingface" if looks_like_huggingface(source_dir) else "imagefolder"
-    if source == "huggingface":
-        classes, listings = list_huggingface(source_dir, tuple(splits), image_column, label_column, names)
-    else:
-        classes, listings = list_imagefolder(source_dir, tuple(splits), names)
-    if not classes:
-        raise FileNotFoundError(f"{source_dir}: no classes with images in split {splits[0]!r}")
-
+    source, classes, listings = _list_source(source_dir, tuple(splits), source, image_column, label_column, names)
     output_dir.mkdir(parents=True, exist_ok=True)
-    report = output_dir / REPORT_FILE
+    job = _Job(source, source_dir, output_dir, classes, listings, params, policies)
+    report = _Report(output_dir / REPORT_FILE, policies)
     with _exclusive(output_dir):
-        previous = _read_report(report)
-        problems = [problem for listing in listings.values() for problem in listing.problems]
-        _write_report(report, problems, policies)
-        _enforce(problems, policies, report)
+        report.refuse_listed(listings)
         for split, listing in listings.items():
             if len(listing.source) == 0:
                 raise FileNotFoundError(f"{source_dir}: split {split!r} has no images to write")
-
-        classes_sha256 = _sha256(json.dumps(class_entries(classes)))
-        writer_params = {
-            **asdict(params),
-            "page_size": PAGE_SIZE,
-            **{f"on_{k}": v for k, v in policies.items()},
-        }
-        fingerprints = {
-            split: _sha256(
-                json.dumps(
-                    [
-                        source,
-                        str(source_dir.resolve()),
-                        split,
-                        len(listing.source),
-                        classes_sha256,
-                        writer_params,
-                    ]
-                )
-            )
-            for split, listing in listings.items()
-        }
-        outputs = {split: output_dir / f"{split}.ffcv" for split in splits}
-        done = _complete_splits(output_dir, outputs, fingerprints, overwrite)
+        done = _complete_splits(output_dir, job.outputs, job.fingerprints, overwrite)
         todo = [split for split in splits if split not in done]
-        # What the earlier run left out of the splits it completed is still left out of them.
-        problems += [p for p in previous if p.kind == "unreadable" and p.split in done]
-        _write_report(report, problems, policies)
-
+        report.keep_left_out_of(done)
         # Leftovers of a killed run: its workers died with it, so these are garbage.
         for leftover in output_dir.glob(f".*{PARTIAL_SUFFIX}"):
             leftover.unlink()
         if check_space and todo:
             needed = sum(estimate_bytes(listings[s].source, params, size_sample, num_workers) for s in todo)
             check_free_space(output_dir, needed, assume_free_bytes)
-
         save_classes(output_dir / CLASSES_FILE, classes)
-        manifest = {
-            "complete": False,
-            "source": {"kind": source, "path": str(source_dir.resolve())},
-            "num_classes": len(classes),
-            "classes_sha256": classes_sha256,
-            "writer": writer_params,
-            "versions": _versions(),
-            "splits": done,
-        }
+        manifest = job.manifest(done)
         for split in todo:
-            try:
-                record, skipped = _write_split(
-                    listings[split].source,
-                    outputs[split],
-                    params,
-                    num_workers,
-                    chunk_size,
-                    on_unreadable,
-                    split,
-                )
-            except WriteAborted as error:
-                problems.append(Problem("unreadable", split, str(error).split(": ")[0], str(error)))
-                _write_report(report, problems, policies)
-                raise
-            problems += [Problem("unreadable", split, where, reason) for where, reason in skipped]
-            _write_report(report, problems, policies)
-            manifest["splits"][split] = {
-                **record,
-                "fingerprint": fingerprints[split],
-                "classes": len(classes),
-            }
+            record = _write_reported_split(job, split, report, num_workers, chunk_size, on_unreadable)
+            manifest["splits"][split] = {**record, "fingerprint": job.fingerprints[split], "classes": len(classes)}
             atomic.write_text(output_dir / MANIFEST_FILE, json.dumps(manifest, indent=1))
         manifest.update(
             complete=True,
@@ -378,10 +296,123 @@ def write_dataset(
             finished=time.strftime("%FT%TZ", time.gmtime()),
         )
         atomic.write_text(output_dir / MANIFEST_FILE, json.dumps(manifest, indent=1))
-    left_out = Counter(problem.kind for problem in problems)
+    left_out = Counter(problem.kind for problem in report.problems)
     if left_out:
-        print(f"left out: {dict(left_out)}; details in {report}")
-    return outputs
+        print(f"left out: {dict(left_out)}; details in {report.path}")
+    return job.outputs
+
+
+def _check_arguments(source_dir: Path, splits: tuple[str, ...], chunk_size: int, num_workers: int) -> None:
+    if not source_dir.is_dir():
+        raise FileNotFoundError(f"source_dir={source_dir}: not a directory")
+    if not splits:
+        raise ValueError("splits: expected at least one split name")
+    if chunk_size < 1 or num_workers < 1:
+        raise ValueError(f"chunk_size={chunk_size}, num_workers={num_workers}: expected positive integers")
+
+
+def _list_source(source_dir: Path, splits: tuple[str, ...], source: str, image_column, label_column, names):
+    """(source kind, the class index, each split's listing): every file found, nothing decoded yet."""
+    if source == "auto":
+        source = "huggingface" if looks_like_huggingface(source_dir) else "imagefolder"
+    if source == "huggingface":
+        classes, listings = list_huggingface(source_dir, splits, image_column, label_column, names)
+    else:
+        classes, listings = list_imagefolder(source_dir, splits, names)
+    if not classes:
+        raise FileNotFoundError(f"{source_dir}: no classes with images in split {splits[0]!r}")
+    return source, classes, listings
+
+
+def _check_policies(**policies: Policy) -> dict[str, Policy]:
+    """The ``on_<kind>`` arguments by problem kind."""
+    for kind, policy in policies.items():
+        if policy not in ("fail", "skip"):
+            raise ValueError(f"on_{kind}={policy!r}: expected 'fail' or 'skip'")
+    return policies
+
+
+@dataclass
+class _Job:
+    """What one ``write_dataset`` call writes, resolved: identifies a complete split on a rerun."""
+
+    source: str
+    source_dir: Path
+    output_dir: Path
+    classes: list[ClassInfo]
+    listings: dict
+    params: Preset
+    policies: dict[str, Policy]
+
+    @property
+    def outputs(self) -> dict[str, Path]:
+        return {split: self.output_dir / f"{split}.ffcv" for split in self.listings}
+
+    @property
+    def writer_params(self) -> dict:
+        return {**asdict(self.params), "page_size": PAGE_SIZE, **{f"on_{k}": v for k, v in self.policies.items()}}
+
+    @property
+    def classes_sha256(self) -> str:
+        return _sha256(json.dumps(class_entries(self.classes)))
+
+    @cached_property
+    def fingerprints(self) -> dict[str, str]:
+        """A split is the same when its source, size, class index and writer settings are."""
+        source_path, classes, params = str(self.source_dir.resolve()), self.classes_sha256, self.writer_params
+        return {
+            split: _sha256(json.dumps([self.source, source_path, split, len(listing.source), classes, params]))
+            for split, listing in self.listings.items()
+        }
+
+    def manifest(self, done: dict) -> dict:
+        """The manifest before the missing splits are written (``complete`` turns true after the last one)."""
+        return {
+            "complete": False,
+            "source": {"kind": self.source, "path": str(self.source_dir.resolve())},
+            "num_classes": len(self.classes),
+            "classes_sha256": self.classes_sha256,
+            "writer": self.writer_params,
+            "versions": _versions(),
+            "splits": done,
+        }
+
+
+@dataclass
+class _Report:
+    """``write_report.json``: every input left out or refused, rewritten at each change so a crash keeps it."""
+
+    path: Path
+    policies: dict[str, Policy]
+    problems: list[Problem] = field(default_factory=list)
+    previous: list[Problem] = field(default_factory=list)
+
+    def add(self, problems: list[Problem]) -> None:
+        self.problems += problems
+        _write_report(self.path, self.problems, self.policies)
+
+    def refuse_listed(self, listings: dict) -> None:
+        """Records what listing the inputs found, then refuses it if a ``fail`` policy says so."""
+        self.previous = _read_report(self.path)
+        self.add([problem for listing in listings.values() for problem in listing.problems])
+        _enforce(self.problems, self.policies, self.path)
+
+    def keep_left_out_of(self, done: dict) -> None:
+        """What the earlier run left out of the splits it completed is still left out of them."""
+        self.add([p for p in self.previous if p.kind == "unreadable" and p.split in done])
+
+
+def _write_reported_split(job: _Job, split: str, report: _Report, num_workers, chunk_size, on_unreadable) -> dict:
+    """Writes one split; the images it skipped, or the one that stopped it, go into the report."""
+    try:
+        record, skipped = _write_split(
+            job.listings[split].source, job.outputs[split], job.params, num_workers, chunk_size, on_unreadable, split
+        )
+    except WriteAborted as error:
+        report.add([Problem("unreadable", split, str(error).split(": ")[0], str(error))])
+        raise
+    report.add([Problem("unreadable", split, where, reason) for where, reason in skipped])
+    return record
 
 
 def _complete_splits(output_dir: Path, outputs: dict[str, Path], fingerprints: dict, overwrite: bool) -> dict:

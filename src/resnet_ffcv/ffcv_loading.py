@@ -1,0 +1,141 @@
+"""Workarounds for what FFCV's ``Loader`` (1.0.2) does not do on its own under Lightning.
+
+- Epoch order follows the trainer. FFCV shuffles by its own counter ``next_epoch``, which starts at 0 in every
+  process and is bumped by every ``iter()``; Lightning calls ``iter()`` at different points (and sometimes
+  twice) per epoch. :class:`EpochLoader` sets the epoch explicitly each time it starts one.
+- Mid-epoch resume. The datamodule's ``state_dict`` (which Lightning stores in every checkpoint) holds the
+  epoch and the batches Lightning had consumed in it; the next iterator for that epoch yields exactly the
+  rest of the epoch's order (:class:`ResumableOrder`), without decoding what is skipped.
+- No leaks. An FFCV ``EpochIterator`` that is not run to its end keeps its thread and its batch buffers alive
+  forever (ffcv issues #345, #393): max_steps, limit_*_batches, early stopping and interruptions all do that.
+  :class:`EpochLoader` keeps one live iterator and stops it (:func:`stop_epoch_iterator`) before starting the
+  next, and the datamodule stops the last one on ``teardown``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from queue import Empty
+
+import numpy as np
+
+
+def cores_per_rank(devices_per_node: int) -> int:
+    """The CPU cores this process may use, shared evenly by the ranks on this node (FFCV decode threads)."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, devices_per_node))
+
+
+class ResumableOrder:
+    """FFCV's own order for an epoch, cut to whole batches, minus the samples a resumed run already consumed.
+
+    Installed as ``loader.traversal_order`` after the Loader is built (its constructor cannot take a custom
+    order instance in 1.0.2: it calls the instance); FFCV only ever calls ``sample_order`` on it.
+    ``len(loader)`` still counts the whole epoch, which is what Lightning's fit loop needs on a resume (see
+    :meth:`resnet_ffcv.data.FFCVDataModule.state_dict`).
+    """
+
+    def __init__(self, inner, batch_size: int, drop_last: bool):
+        self.inner = inner
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.skip: tuple[int, int] | None = None  # (epoch, samples already consumed in it)
+
+    def sample_order(self, epoch: int) -> np.ndarray:
+        order = np.asarray(self.inner.sample_order(epoch))
+        if self.drop_last:
+            order = order[: len(order) // self.batch_size * self.batch_size]
+        if self.skip is not None and self.skip[0] == epoch:
+            order = order[self.skip[1] :]
+        return order
+
+
+class EpochLoader:
+    """One FFCV ``Loader`` with at most one live ``EpochIterator``, the epoch set explicitly each time.
+
+    The FFCV iterator starts at the first ``next()``, not at ``iter()``: Lightning calls ``iter()`` twice on
+    epochs that reload dataloaders and creates the train iterator before ``on_train_epoch_start`` on the first
+    epoch and after a resume, so starting lazily decodes nothing twice and sees the state the epoch hooks set.
+
+    Args:
+        loader: the FFCV Loader.
+        before_epoch: called just before an epoch starts; returns the epoch whose order to serve.
+    """
+
+    def __init__(self, loader, before_epoch: Callable[[EpochLoader], int] | None = None):
+        self.loader = loader
+        self.before_epoch = before_epoch
+        self.order: ResumableOrder | None = (
+            loader.traversal_order if isinstance(loader.traversal_order, ResumableOrder) else None
+        )
+        self._live = None
+        self.epoch: int | None = None
+        self.batches_done = 0  # batches of ``epoch`` handed out so far, including those skipped on a resume
+
+    @property
+    def batch_size(self) -> int:
+        return self.loader.batch_size
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        self.close()
+        return self._batches()
+
+    def _batches(self) -> Iterator:
+        epoch = self.before_epoch(self) if self.before_epoch is not None else 0
+        self.loader.next_epoch = epoch
+        skip = self.order.skip if self.order is not None else None
+        skipped = skip[1] // self.batch_size if skip is not None and skip[0] == epoch else 0
+        self.close()
+        self.epoch, self.batches_done = epoch, skipped
+        live = self._live = iter(self.loader)
+        try:
+            for batch in live:
+                self.batches_done += 1
+                yield batch
+        finally:
+            # Runs when the epoch ends, and when this generator is closed or collected half-way (maybe after a
+            # newer epoch started: stop only this generator's own iterator).
+            stop_epoch_iterator(live)
+            if self._live is live:
+                self._live = None
+
+    def close(self) -> None:
+        """Stops the live FFCV iterator's thread and frees its buffers."""
+        iterator, self._live = self._live, None
+        if iterator is not None:
+            stop_epoch_iterator(iterator)
+
+    # Lightning's fit loop warns that a mid-epoch checkpoint cannot resume unless every train loader has
+    # state_dict/load_state_dict. This one does resume exactly; its state lives in FFCVDataModule.state_dict.
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
+
+
+def stop_epoch_iterator(iterator) -> None:
+    """Ends an FFCV ``EpochIterator`` within one batch: its thread exits, so its buffers can be freed.
+
+    Left alone, an abandoned iterator lives forever: its thread holds it (so ``__del__`` never runs) and waits
+    on its full output queue (ffcv #345, #393). FFCV's ``close()`` only sets an event that the thread reads
+    once its queue has stayed full for 0.5 s. Instead: cut its batch list and keep its queue empty until the
+    thread exits (its last ``put`` has no timeout); then release the memory context once, when no batch is
+    being decoded. An iterator that ran to its end was closed by FFCV already and only needs the join.
+    """
+    closed_by_ffcv = iterator.terminate_event.is_set()  # EpochIterator.__next__ closes it at the epoch's end
+    iterator.terminate_event.set()
+    iterator.iter_ixes = iter(())
+    while iterator.is_alive():
+        with suppress(Empty):
+            while True:
+                iterator.output_queue.get_nowait()
+        iterator.join(timeout=0.001)
+    if not (closed_by_ffcv or iterator.closed):
+        iterator.close()
+    iterator.closed = True  # FFCV's close() never sets it: without this, __del__ would exit the context again
+    iterator.memory_allocations = None
