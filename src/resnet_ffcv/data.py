@@ -556,7 +556,10 @@ class FFCVDataModule(L.LightningDataModule):
         if path.is_dir():
             files = list_images(path)
             if not files:
-                raise ValueError(f"data.predict_path={path}: no {'/'.join(PREDICT_SUFFIXES)} files in this folder")
+                raise ValueError(
+                    f"data.predict_path={path}: no image files in this folder "
+                    f"({', '.join(PREDICT_SUFFIXES[:8])}, ... any format Pillow reads)"
+                )
         elif path.suffix == ".ffcv":
             self._sizes[path] = inspect_ffcv(path, self.num_classes)
             files = None
