@@ -196,9 +196,13 @@ def plan_command(argv: list[str]) -> None:
 
 
 def write_dataset_command(argv: list[str]) -> None:
+    from resnet_ffcv.ffcv_io import WriteAborted
     from resnet_ffcv.writer import write_dataset
 
-    auto_cli(write_dataset, args=argv, as_positional=False, prog="resnet-ffcv write-dataset")
+    try:
+        auto_cli(write_dataset, args=argv, as_positional=False, prog="resnet-ffcv write-dataset")
+    except (OSError, ValueError, WriteAborted) as error:  # refused inputs, missing folders, no space: the message
+        sys.exit(f"resnet-ffcv write-dataset: error: {error}")
 
 
 def make_synthetic_command(argv: list[str]) -> None:

@@ -41,6 +41,43 @@ class WriteAborted(RuntimeError):
     """A worker hit a sample it may not skip, or died; the message names the sample."""
 
 
+# Shortest side an image is stored with. FFCV's resize rounds each side down, so a very elongated image
+# (6000x5 at max_resolution 500) would get a 0 px side and abort the write in OpenCV. Its centre crop at
+# validation (side = int(crop_ratio * short side)) is empty for a 1 px side at any crop ratio < 1, which
+# aborts the loader process in OpenCV's resize: 2 px keeps every crop ratio >= 0.5 working. Such an image
+# is kept, slightly stretched across its short side, rather than dropped: it is a real (if odd) photo of its
+# class, and stretching 1 px of a 500 px strip changes little of what a crop of it shows.
+MIN_SIDE = 2
+
+
+def fit_image(image: np.ndarray, max_resolution: int | None) -> np.ndarray:
+    """``image`` resized as FFCV's ``RGBImageField`` would (same arithmetic, OpenCV ``INTER_AREA``), except
+    that no side goes below :data:`MIN_SIDE`. The result is what FFCV stores: its own resize is then a no-op,
+    so every image that FFCV could already store comes out bit-identical."""
+    import cv2
+
+    height, width = image.shape[:2]
+    size = np.array([width, height])
+    if max_resolution is not None and max_resolution / size.max() < 1:
+        size = (max_resolution / size.max() * size).astype(int)  # ffcv.fields.rgb_image.resizer
+    size = np.maximum(size, MIN_SIDE)
+    if (size == (width, height)).all():
+        return image
+    return cv2.resize(image, (int(size[0]), int(size[1])), interpolation=cv2.INTER_AREA)
+
+
+def _fit_sample(sample: tuple, fields: dict) -> tuple:
+    """Each image of a sample passed through :func:`fit_image` for its field's ``max_resolution``."""
+    from ffcv.fields import RGBImageField
+
+    return tuple(
+        fit_image(value, field.max_resolution)
+        if isinstance(field, RGBImageField) and isinstance(value, np.ndarray) and value.ndim == 3
+        else value  # anything else goes to FFCV as it is, to be refused there with its own message
+        for value, field in zip(sample, fields.values(), strict=True)
+    )
+
+
 def _die_with_parent() -> None:
     """Linux: SIGKILL this process when its parent dies, so ``kill -9`` of the writer stops its workers."""
     if sys.platform.startswith("linux"):
@@ -63,7 +100,7 @@ def _worker(
         while (chunk := work.get()) is not None:
             for dest_index, source_index in chunk:
                 try:
-                    sample = source[source_index]
+                    sample = _fit_sample(source[source_index], fields)
                     handle_sample(sample, dest_index, names, metadata, allocator, fields)
                 except UnreadableImage as error:
                     events.put(("unreadable", int(dest_index), str(error)))

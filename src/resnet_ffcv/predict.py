@@ -34,21 +34,31 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from resnet_ffcv import atomic
-from resnet_ffcv.sources import decode_rgb
+from resnet_ffcv.sources import IMAGE_SUFFIXES, decode_rgb, is_image_file
 
-PREDICT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# Every name the dataset writer takes for an image (Pillow's decodable formats: .gif, .tif, .bmp, .ppm, ...),
+# the common ones first so that a message listing them starts with what people have.
+_COMMON = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+PREDICT_SUFFIXES = _COMMON + tuple(sorted(IMAGE_SUFFIXES - set(_COMMON)))
 
 
 def list_images(root: Path) -> list[Path]:
     """Image files in ``root`` and its subfolders, sorted folder by folder (as ``write-dataset`` orders them).
 
-    Chosen by suffix, any case; hidden files (macOS ``._x.jpg`` forks) are skipped.
+    Chosen as ``write-dataset`` chooses them: by name (any case) or, for a name that says nothing, by content;
+    hidden files (macOS ``._x.jpg`` forks) are skipped. Each real folder is read once, so a symlink loop
+    cannot list an image twice (or forever).
     """
-    files = [
-        path
-        for path in root.rglob("*")
-        if path.suffix.lower() in PREDICT_SUFFIXES and not path.name.startswith(".") and path.is_file()
-    ]
+    files: list[Path] = []
+    # Folders above root count as seen: a link up to one of them is a loop too.
+    seen = {(stat.st_dev, stat.st_ino) for stat in map(os.stat, root.resolve().parents)}
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        stat = os.stat(folder)
+        if (stat.st_dev, stat.st_ino) in seen:
+            subfolders.clear()  # a loop or a second link to the same folder: its images are listed already
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        files += [Path(folder, name) for name in sorted(names) if is_image_file(os.path.join(folder, name), name)]
     return sorted(files, key=lambda path: path.relative_to(root).parts)
 
 
@@ -64,7 +74,7 @@ def check_images(files: list[Path]) -> None:
         except Exception as error:  # PIL raises many types; all mean "not an image we can read"
             raise ValueError(
                 f"{path}: not a readable image ({type(error).__name__}: {error}); remove it from "
-                f"data.predict_path (expected {', '.join(PREDICT_SUFFIXES)} files)"
+                f"data.predict_path (expected an image file Pillow can read: {', '.join(_COMMON)}, ...)"
             ) from error
 
 
@@ -76,7 +86,10 @@ def predict_image_files(path: Path | None) -> list[Path] | None:
     if path.is_dir():
         files = list_images(path)
         if not files:
-            raise ValueError(f"data.predict_path={path}: no {'/'.join(PREDICT_SUFFIXES)} files in this folder")
+            raise ValueError(
+                f"data.predict_path={path}: no image files in this folder "
+                f"({', '.join(PREDICT_SUFFIXES[:8])}, ... any format Pillow reads)"
+            )
     elif path.suffix == ".ffcv":
         return None
     elif path.is_file() and path.suffix.lower() in PREDICT_SUFFIXES:
@@ -98,7 +111,9 @@ def center_crop(image: np.ndarray, resolution: int, crop_ratio: float) -> np.nda
     from ffcv.libffcv import resize_crop
 
     height, width = image.shape[:2]
-    side = int(crop_ratio * min(height, width))  # ffcv.fields.rgb_image.get_center_crop
+    side = max(
+        1, int(crop_ratio * min(height, width))
+    )  # ffcv.fields.rgb_image.get_center_crop; >= 1 px for a 1x1 image
     top, left = (height - side) // 2, (width - side) // 2
     output = np.empty((resolution, resolution, 3), dtype=np.uint8)
     resize_crop(np.ascontiguousarray(image), top, top + side, left, left + side, output)

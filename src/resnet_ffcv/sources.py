@@ -3,8 +3,8 @@
 Sources are indexable and picklable, so FFCV-style writer processes can read them after a fork. Each one
 decodes with :func:`decode_rgb`, which turns every real-world oddity of ImageNet (grayscale, CMYK, palette,
 RGBA, a PNG named ``.JPEG``) into RGB and raises :class:`UnreadableImage` naming the file for anything it
-cannot decode. Problems found while listing (stray files, empty class folders, classes that differ between
-splits) are returned as :class:`Problem` records; the writer decides by policy whether they are fatal.
+cannot decode. Problems found while listing (stray files, symlink loops, empty class folders, classes that
+differ between splits) are returned as :class:`Problem` records; the writer decides by policy whether they are fatal.
 """
 
 from __future__ import annotations
@@ -19,8 +19,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# torchvision's ImageFolder extensions (plus .jpe): the same files the FFCV reference writer would pick up.
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
+# Formats Pillow identifies but cannot decode here: stubs without a decoder (BUFR, GRIB, HDF5; WMF outside
+# Windows), EPS (needs Ghostscript), MPEG (video, header only). Files of these stay stray files, not images.
+_NO_DECODER = {"BUFR", "GRIB", "HDF5", "WMF", "EPS", "MPEG"}
+
+
+def _decodable_formats() -> dict[str, bool]:
+    """Formats Pillow can open and decode here -> whether it checks a magic number before trying (TGA, IM,
+    SPIDER... accept any bytes and could take a stray file for an image)."""
+    Image.init()  # registers every plugin (Image.open alone only loads them lazily)
+    return {fmt: accept is not None for fmt, (_, accept) in Image.OPEN.items() if fmt not in _NO_DECODER}
+
+
+_FORMATS = _decodable_formats()
+# Content sniffing (for files whose name says nothing) trusts only formats with a magic number.
+_SNIFF_FORMATS = tuple(sorted(fmt for fmt, has_magic in _FORMATS.items() if has_magic))
+# The fast path by name: torchvision's ImageFolder extensions (plus .jpe) and every extension Pillow registers
+# for a format it decodes (.gif, .jfif, .tga, .qoi, ...). Decoding is by content whatever the name says.
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif"} | {
+    suffix for suffix, fmt in Image.registered_extensions().items() if fmt in _FORMATS
+}
 # Other names a split may be stored under in a Hugging Face dataset.
 SPLIT_ALIASES = {"val": ("validation", "valid", "dev"), "validation": ("val", "valid"), "test": ("testing",)}
 
@@ -64,8 +82,9 @@ def _composite_on_white(image: Image.Image) -> Image.Image:
 def decode_rgb(data: str | Path | bytes, where: str) -> np.ndarray:
     """Decode a file path or encoded bytes to an RGB uint8 HWC array, by content whatever the file name says.
 
-    Transparent images are laid on white (what a person sees in a viewer) rather than on whatever colour
-    the transparent pixels happen to hold. 16-bit images keep their top 8 bits.
+    Any format Pillow decodes is read; an animated one (GIF, APNG, WebP, multi-page TIFF) gives its first
+    frame, as a viewer's thumbnail does. Transparent images are laid on white (what a person sees in a viewer)
+    rather than on whatever colour the transparent pixels happen to hold. 16-bit images keep their top 8 bits.
     """
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
@@ -73,7 +92,7 @@ def decode_rgb(data: str | Path | bytes, where: str) -> np.ndarray:
             mode = image.mode
             if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
                 rgb = _composite_on_white(image)
-            elif mode in ("I;16", "I;16B", "I;16L", "I"):
+            elif mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
                 rgb = Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8))
                 rgb = rgb.convert("RGB")
             else:
@@ -110,30 +129,108 @@ class ImageFolderSource:
             return image.width, image.height, os.path.getsize(path)
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_file(path: str, name: str) -> bool:
+    """By name (the fast path: ImageNet is all ``.JPEG``), else by content for names that say nothing."""
     # Hidden files include macOS "._x.JPEG" resource forks, which carry an image suffix but no image.
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+    if name.startswith("."):
+        return False
+    if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        with Image.open(path, formats=_SNIFF_FORMATS):
+            return True
+    except Exception:  # not identified, or not a readable file: a stray file either way
+        return False
+
+
+DirId = tuple[int, int]  # (st_dev, st_ino): one real directory however it is reached
+
+
+def _dir_id(path: str) -> DirId | None:
+    try:
+        stat = os.stat(path)  # follows links: the directory a link leads to
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _revisit(path: str, first: str) -> str:
+    """Why a directory already listed (as ``first``) is not listed again through ``path``: a short reason that
+    names the link's target, never the endless path a loop would make."""
+    if not os.path.islink(path):
+        return f"the same directory as {first}, reached twice (a bind mount?); not listed again"
+    target = os.readlink(path)
+    here = os.path.realpath(os.path.dirname(path)) + os.sep
+    if here.startswith(os.path.realpath(first).rstrip(os.sep) + os.sep):
+        return f"symlink loop: links to {target}, a folder that contains it; not followed"
+    return (
+        f"symlink to {target}, the same folder as {first}, which is already listed; not followed "
+        "(its images would be written twice)"
+    )
+
+
+def _walk_class(top: str, seen: dict[DirId, str], split: str, problems: list[Problem]) -> list[str]:
+    """Image files under one class folder, sorted folder by folder like ``os.walk`` + sort, following links but
+    listing each real directory once: a link to a folder already seen (a loop, or another class's folder,
+    whose images would get this class's label) is a stray-file problem naming the link, and is not followed."""
+    found: list[str] = []
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as error:
+            problems.append(Problem("unreadable", split, folder, f"cannot list this folder ({error.strerror})"))
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.is_dir():  # follows links, as torchvision's ImageFolder does
+                ident = _dir_id(entry.path)
+                if ident in seen:
+                    problems.append(Problem("stray_file", split, entry.path, _revisit(entry.path, seen[ident])))
+                elif ident is not None:
+                    seen[ident] = entry.path
+                    subfolders.append(entry.path)
+            elif is_image_file(entry.path, entry.name):
+                found.append(entry.path)
+            else:
+                problems.append(Problem("stray_file", split, entry.path, "not an image (by name or content)"))
+        stack.extend(reversed(subfolders))  # files of a folder first, then its subfolders in name order
+    return found
 
 
 def scan_imagefolder_split(split_dir: Path) -> tuple[dict[str, list[str]], list[Problem]]:
-    """Image files per class folder (recursive, sorted, like torchvision's ImageFolder) and stray entries."""
+    """Image files per class folder (recursive, sorted, like torchvision's ImageFolder) and stray entries.
+
+    Each real directory is listed once (by ``st_dev, st_ino``), so a symlink loop (a link to this split folder
+    or any folder above it) or a link to another class's folder never writes an image twice or under the wrong
+    label. Class folders are claimed before any is
+    walked, so a link from class ``a`` into class ``b`` is the duplicate, not ``b`` itself.
+    """
     split = split_dir.name
     files: dict[str, list[str]] = {}
     problems: list[Problem] = []
-    for entry in sorted(os.scandir(split_dir), key=lambda entry: entry.name):
+    # The split folder and every folder above it count as listed: a link to any of them is a loop.
+    seen: dict[DirId, str] = {}
+    for folder in (split_dir, *split_dir.resolve().parents):
+        ident = _dir_id(str(folder))
+        if ident is not None:
+            seen.setdefault(ident, str(folder))
+    entries = sorted(os.scandir(split_dir), key=lambda entry: entry.name)
+    classes = []
+    # Real folders claim their identity before links to them, so a class that is a link to another is the copy.
+    for entry in sorted((e for e in entries if e.is_dir()), key=lambda e: (e.is_symlink(), e.name)):
+        ident = _dir_id(entry.path)
+        if ident in seen:
+            problems.append(Problem("stray_file", split, entry.path, _revisit(entry.path, seen[ident])))
+        elif ident is not None:
+            seen[ident] = entry.path
+            classes.append(entry)
+    for entry in entries:
         if not entry.is_dir():
             problems.append(Problem("stray_file", split, entry.path, "a file beside the class folders"))
-            continue
-        found = []
-        for root, dirs, names in os.walk(entry.path, followlinks=True):
-            dirs.sort()
-            for name in sorted(names):
-                path = os.path.join(root, name)
-                if _is_image_name(name):
-                    found.append(path)
-                else:
-                    problems.append(Problem("stray_file", split, path, "not an image file name"))
-        files[entry.name] = found
+    for entry in sorted(classes, key=lambda entry: entry.name):
+        files[entry.name] = _walk_class(entry.path, seen, split, problems)
     return files, problems
 
 
