@@ -111,9 +111,8 @@ def center_crop(image: np.ndarray, resolution: int, crop_ratio: float) -> np.nda
     from ffcv.libffcv import resize_crop
 
     height, width = image.shape[:2]
-    side = max(
-        1, int(crop_ratio * min(height, width))
-    )  # ffcv.fields.rgb_image.get_center_crop; >= 1 px for a 1x1 image
+    # ffcv.fields.rgb_image.get_center_crop, but at least 1 px: a 1x1 image would otherwise abort in the resize.
+    side = max(1, int(crop_ratio * min(height, width)))
     top, left = (height - side) // 2, (width - side) // 2
     output = np.empty((resolution, resolution, 3), dtype=np.uint8)
     resize_crop(np.ascontiguousarray(image), top, top + side, left, left + side, output)
