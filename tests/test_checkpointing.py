@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from resnet_ffcv.callbacks.checkpointing import WRITE_PAUSE_ENV
-from resnet_ffcv.cli import IncompatibleCheckpointError, check_compatible
 from resnet_ffcv.model import ImageClassifier
+from resnet_ffcv.resume import IncompatibleCheckpointError, check_compatible
 
 from .spot_support import CLIProcess, write_config
 
