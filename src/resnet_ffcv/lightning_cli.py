@@ -118,16 +118,20 @@ def parse_tool_args(
 def run(argv: list[str]) -> None:
     """``resnet-ffcv SUBCOMMAND ARGS`` for the Trainer subcommands; a user's mistake exits with one line."""
     try:
-        ResNetCLI(
-            ImageClassifier,
-            FFCVDataModule,
-            # A spot restart reruns the same command into the same log directory.
-            save_config_callback=LoggedSaveConfig,
-            save_config_kwargs={"overwrite": True},
-            # The module owns its optimizer (weight-decay groups) and per-batch LR schedule: no --optimizer knobs.
-            auto_configure_optimizers=False,
-            args=argv,
-        )
+        with warnings.catch_warnings():
+            # argv is sys.argv[1:] (or a test's list): the caution about passing both does not apply here.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            ResNetCLI(
+                ImageClassifier,
+                FFCVDataModule,
+                # A spot restart reruns the same command into the same log directory.
+                save_config_callback=LoggedSaveConfig,
+                save_config_kwargs={"overwrite": True},
+                # The module owns its optimizer (weight-decay groups) and per-batch LR schedule: no --optimizer knobs.
+                auto_configure_optimizers=False,
+                parser_kwargs={"prog": "resnet-ffcv"},
+                args=argv,
+            )
     except TrainingInterrupted as interruption:
         sys.exit(interruption.exit_code)
     except IncompatibleCheckpointError as error:
