@@ -35,8 +35,8 @@ import torch
 import yaml
 
 from resnet_ffcv.cli import main as cli_main
-from resnet_ffcv.cli import parse_config_only
 from resnet_ffcv.data import FFCVDataModule, cores_per_rank
+from resnet_ffcv.lightning_cli import parse_config_only
 from resnet_ffcv.model import ImageClassifier
 from resnet_ffcv.synthetic import make_synthetic_imagefolder
 from resnet_ffcv.throughput import run_lightning_steps, synthetic_batch

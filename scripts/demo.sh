@@ -22,7 +22,9 @@ rm -rf "$OUT/checkpoints" "$OUT/logs"   # the demo always starts fresh
 
 ckpt="$OUT/checkpoints/best_model.ckpt"
 echo "== 4/4 validating from the saved checkpoint $ckpt"
-"$BIN/resnet-ffcv" validate --config configs/demo_cpu.yaml --ckpt_path "$ckpt" --trainer.logger false
+# No logger: LightningCLI saves the resolved config.yaml in default_root_dir, so give the step its own folder.
+"$BIN/resnet-ffcv" validate --config configs/demo_cpu.yaml --ckpt_path "$ckpt" --trainer.logger false \
+  --trainer.default_root_dir "$OUT/validate"
 
 "$BIN/python" - "$ckpt" <<'PY'
 import sys, torch

@@ -3,8 +3,9 @@
 #
 #   scripts/spot_training.sh configs/p4d_78pct.yaml [more `resnet-ffcv fit` arguments ...]
 #
-# Checks (before anything expensive): the config parses; the GPUs the config asks for are visible to torch; the
-# .ffcv files and classes.json exist; the checkpoint directory is writable (and says whether this run resumes).
+# Checks (before anything expensive, by `resnet-ffcv doctor`): the config parses; the GPUs the config asks for are
+# visible to torch; the .ffcv files and classes.json exist; the checkpoint directory is writable with free space;
+# and one line says whether this run resumes. Nothing is created before the checks pass.
 # Then `resnet-ffcv fit` runs; with no --ckpt_path it resumes from checkpoint_latest.ckpt in the checkpoint dir.
 # SIGTERM / SIGINT sent to this script are passed on, so training saves a checkpoint before it exits.
 #
@@ -28,76 +29,22 @@ fail_check() { say "check failed: $*"; exit 2; }
 config=$1
 shift
 
-# 1. The resolved config: the same parse `fit` will do, with the command-line overrides.
-errors=$(mktemp)
-resolved=$("$PYTHON" -m resnet_ffcv.cli fit --config "$config" "$@" --print_config 2>"$errors") \
-  || fail_check "the config does not parse:"$'\n'"$(cat "$errors")"
-rm -f "$errors"
+# 1. `resnet-ffcv doctor`: the same parse `fit` will do (with the overrides), then GPUs, data files, the checkpoint
+#    directory (writable, free space) and whether this run resumes. It creates nothing; neither does this script.
+report=$("$PYTHON" -m resnet_ffcv.cli doctor --config "$config" "$@")  # its stderr (a parse error) shows as is
+doctor_rc=$?
+if [[ $doctor_rc -ne 0 && $doctor_rc -ne 1 ]]; then  # 1: a check failed; anything else: no checks ran
+  fail_check "the config does not parse, or the checks could not run (resnet-ffcv doctor exit code $doctor_rc, above)"
+fi
+while IFS= read -r line; do
+  case $line in
+    "[FAIL] "*) say "check failed: ${line#\[FAIL\] }" ;;
+    *) say "$line" ;;
+  esac
+done <<<"$report"
+[[ $doctor_rc -eq 0 ]] || exit 2
 
-# 2-4. GPUs, data files, checkpoint directory: read from the resolved config by a few lines of Python.
-RESOLVED_CONFIG=$resolved "$PYTHON" - <<'PY' || exit 2
-import os, shutil, sys
-from pathlib import Path
-
-import yaml
-
-config = yaml.safe_load(os.environ["RESOLVED_CONFIG"])
-trainer, data = config.get("trainer", {}), config.get("data", {})
-problems = []
-
-def note(message):
-    print(f"spot_training: {message}", file=sys.stderr)
-
-accelerator, devices = str(trainer.get("accelerator", "auto")), trainer.get("devices", "auto")
-if accelerator in ("gpu", "cuda", "auto"):
-    import torch
-
-    visible = torch.cuda.device_count()
-    wanted = visible if devices in ("auto", -1, "-1") else (len(devices) if isinstance(devices, list) else int(devices))
-    if accelerator != "auto" and visible == 0:
-        problems.append("trainer.accelerator asks for GPUs but torch sees none (driver? CUDA_VISIBLE_DEVICES?)")
-    elif visible < wanted:
-        problems.append(f"trainer.devices={devices} but torch sees {visible} GPU(s)")
-    else:
-        note(f"{visible} GPU(s) visible, using {wanted}")
-
-data_dir = Path(data.get("data_dir", ""))
-for name in (data.get("train_file", "train.ffcv"), data.get("val_file", "val.ffcv"), "classes.json"):
-    path = data_dir / name
-    if not path.is_file() or path.stat().st_size == 0:
-        problems.append(f"{path}: missing or empty (data.data_dir / data.train_file / data.val_file)")
-
-checkpoint_dirs = [
-    (callback.get("init_args") or {}).get("dirpath")
-    for callback in trainer.get("callbacks") or []
-    if isinstance(callback, dict) and "Checkpoint" in callback.get("class_path", "")
-]
-checkpoint_dirs = [d for d in checkpoint_dirs if d]
-if not checkpoint_dirs:
-    problems.append("no checkpoint callback with a dirpath in trainer.callbacks: a restart could not resume")
-else:
-    directory = Path(checkpoint_dirs[0])
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".spot_training_write_probe"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as error:
-        problems.append(f"{directory}: checkpoint directory not writable ({error})")
-    else:
-        free_gb = shutil.disk_usage(directory).free / 1e9
-        if free_gb < 2:
-            problems.append(f"{directory}: only {free_gb:.1f} GB free; checkpoints need a few GB")
-        latest = directory / "checkpoint_latest.ckpt"
-        note(f"checkpoints in {directory} ({free_gb:.0f} GB free): "
-             + ("resuming from checkpoint_latest.ckpt" if latest.is_file() else "no checkpoint_latest.ckpt yet"))
-
-for problem in problems:
-    note(f"check failed: {problem}")
-sys.exit(2 if problems else 0)
-PY
-
-# 5. Train, passing SIGTERM / SIGINT on to the trainer (it saves checkpoint_latest.ckpt and exits 75).
+# 2. Train, passing SIGTERM / SIGINT on to the trainer (it saves checkpoint_latest.ckpt and exits 75).
 say "starting: resnet-ffcv fit --config $config $*"
 "$PYTHON" -m resnet_ffcv.cli fit --config "$config" "$@" &
 child=$!

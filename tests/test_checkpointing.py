@@ -15,8 +15,8 @@ import socket
 import pytest
 
 from resnet_ffcv.callbacks.checkpointing import WRITE_PAUSE_ENV
-from resnet_ffcv.cli import IncompatibleCheckpointError, check_compatible
 from resnet_ffcv.model import ImageClassifier
+from resnet_ffcv.resume import IncompatibleCheckpointError, check_compatible
 
 from .helpers import load_checkpoint as load
 from .spot_support import CLIProcess, write_config

@@ -14,9 +14,9 @@ from PIL import Image
 
 from resnet_ffcv.cli import main
 from resnet_ffcv.data import FFCVDataModule
+from resnet_ffcv.dataset_format import CLASSES_FILE, load_classes
 from resnet_ffcv.model import ImageClassifier
 from resnet_ffcv.predict import ImageFiles, PredictionWriter, collate_channels_last
-from resnet_ffcv.writer import CLASSES_FILE, load_classes
 
 from .helpers import CONFIGS, quiet_trainer, run_cli, trained_checkpoint
 

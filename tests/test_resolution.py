@@ -10,8 +10,8 @@ import pytest
 from jsonargparse import ArgumentParser
 
 from resnet_ffcv.callbacks import ResolutionMonitor
-from resnet_ffcv.cli import ResNetCLI, parse_config_only
 from resnet_ffcv.data import FFCVDataModule
+from resnet_ffcv.lightning_cli import ResNetCLI, parse_config_only
 from resnet_ffcv.model import ImageClassifier
 from resnet_ffcv.resolution import ResolutionSchedule, Stage, ramp_resolution
 

@@ -100,9 +100,11 @@ def test_spot_training_script_checks_before_training(tmp_path, ffcv_dir):
         timeout=300,
     )
     assert result.returncode == 2, result.stderr
-    assert f"check failed: {tmp_path / 'none' / 'train.ffcv'}: missing or empty" in result.stderr
+    assert f"check failed: data train.ffcv: {tmp_path / 'none' / 'train.ffcv'} is missing" in result.stderr
     assert "starting:" not in result.stderr
-    assert (tmp_path / "checkpoints").is_dir()  # the checkpoint directory was checked (created, writable)
+    assert f"checkpoint dir: {tmp_path / 'checkpoints'} (to be created in {tmp_path}): writable" in result.stderr
+    assert f"No checkpoint in {tmp_path / 'checkpoints'}: starting from scratch" in result.stderr  # the resume line
+    assert not (tmp_path / "checkpoints").exists()  # checked, not created: nothing is made before the checks pass
 
 
 def test_rebalance_recommendation_stops_only_when_asked(imds):

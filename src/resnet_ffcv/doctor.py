@@ -1,11 +1,14 @@
 """``resnet-ffcv doctor --config ...``: preflight checks, one pass/fail line each, before paying for GPU time.
 
-Reads the config exactly as ``fit`` would (same parser, same overrides) but instantiates nothing, so a missing
-data file is reported as a failed line instead of a traceback.
+Reads the config exactly as ``fit`` would (same parser, same overrides) but instantiates nothing and creates
+nothing, so a missing data file is reported as a failed line instead of a traceback.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +16,15 @@ from pathlib import Path
 import torch
 
 from resnet_ffcv.dataset_format import CLASSES_FILE, load_classes, validate_ffcv
-from resnet_ffcv.wandb_setup import wandb_credentials, wandb_mode
+from resnet_ffcv.lightning_cli import parse_config_only, parse_tool_args
+from resnet_ffcv.resume import LATEST_NAME, find_resume_checkpoint
+from resnet_ffcv.wandb_setup import is_wandb_logger, wandb_credentials, wandb_mode
+
+DESCRIPTION = """\
+Preflight checks before paying for GPU time, one PASS/FAIL/WARN line each: the GPUs the config asks for, CUDA
+and NCCL, the data files (train, val, classes.json), the checkpoint directory (writable, free space), whether
+this run resumes and from which file, shared memory, and W&B credentials. Reads the config as `fit` would and
+creates nothing. Exit code 0: no check failed (warnings allowed); 1: a check failed."""
 
 # A full ResNet-50 checkpoint (weights, SGD momentum, EMA copy) is ~300 MB; keep room for the periodic ones too.
 MIN_CHECKPOINT_FREE_GB = 5.0
@@ -26,9 +37,10 @@ class Check:
     name: str
     ok: bool
     detail: str
+    warn: bool = False  # passes, but worth a look (W&B will log offline)
 
     def line(self) -> str:
-        return f"[{'PASS' if self.ok else 'FAIL'}] {self.name}: {self.detail}"
+        return f"[{'FAIL' if not self.ok else 'WARN' if self.warn else 'PASS'}] {self.name}: {self.detail}"
 
 
 def _gb(n_bytes: float) -> str:
@@ -86,12 +98,44 @@ def check_data(data_dir: Path, files: list[str]) -> list[Check]:
     return checks
 
 
-def check_free_disk(directory: Path | None) -> Check:
-    if directory is None:
-        return Check("checkpoint disk", False, "no checkpoint directory configured (checkpoints are lost with the run)")
+def _nearest_existing(directory: Path) -> Path:
     existing = directory
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    return existing
+
+
+def check_checkpoint_writable(directory: Path | None) -> Check:
+    """Writable without writing: the directory, or the nearest existing parent it would be created in."""
+    if directory is None:
+        return Check("checkpoint dir", False, "no checkpoint callback with a dirpath: a restart could not resume")
+    existing = _nearest_existing(directory)
+    where = "exists" if existing == directory else f"to be created in {existing}"
+    if not existing.is_dir():
+        return Check("checkpoint dir", False, f"{directory}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):  # also false on a read-only mount
+        return Check("checkpoint dir", False, f"{directory} ({where}): not writable by this user")
+    return Check("checkpoint dir", True, f"{directory} ({where}): writable")
+
+
+def check_resume(directory: Path | None, latest_name: str, auto_resume: bool, ckpt_path: str | None) -> Check:
+    """The line that says whether ``fit`` will resume, and from which file (the same choice ``fit`` makes)."""
+    if ckpt_path is not None:
+        local = "://" not in ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry")
+        if local and not Path(ckpt_path).is_file():
+            return Check("resume", False, f"--ckpt_path {ckpt_path} does not exist")
+        return Check("resume", True, f"resumes from {ckpt_path} (--ckpt_path)")
+    if directory is None:
+        return Check("resume", True, "starts from scratch (no checkpoint directory)")
+    if not auto_resume:
+        return Check("resume", True, f"starts from scratch (auto_resume is off; checkpoints go to {directory})")
+    return Check("resume", True, find_resume_checkpoint(directory, latest_name)[1])  # fit prints the same line
+
+
+def check_free_disk(directory: Path | None) -> Check:
+    if directory is None:
+        return Check("checkpoint disk", False, "no checkpoint directory configured (checkpoints are lost with the run)")
+    existing = _nearest_existing(directory)
     free = shutil.disk_usage(existing).free
     ok = free >= MIN_CHECKPOINT_FREE_GB * 1e9
     return Check("checkpoint disk", ok, f"{directory}: {_gb(free)} free (need >= {MIN_CHECKPOINT_FREE_GB:.0f} GB)")
@@ -105,7 +149,7 @@ def check_shared_memory(path: Path = Path("/dev/shm")) -> Check:
 
 
 def check_wandb(logger_class: str | None, logger_init_args) -> Check:
-    if not logger_class or "Wandb" not in logger_class:
+    if not is_wandb_logger({"class_path": logger_class}):
         return Check("W&B", True, f"not used (logger {logger_class or 'none'})")
     mode = wandb_mode(logger_init_args)
     if mode != "online":
@@ -113,40 +157,66 @@ def check_wandb(logger_class: str | None, logger_init_args) -> Check:
     source = wandb_credentials()
     if source:
         return Check("W&B", True, f"API key from {source}")
-    return Check("W&B", False, "not logged in: `wandb login`, or the run falls back to offline (`wandb sync` later)")
+    # Not a failure: the run falls back to offline by itself (wandb_setup), and a spot restart must not stop here.
+    return Check("W&B", True, "not logged in: the run logs offline (`wandb login` now, or `wandb sync` later)", True)
 
 
 def checkpoint_dir_from(callbacks) -> Path | None:
     """The first configured callback argument that names a checkpoint directory."""
+    found = _checkpoint_callback(callbacks)
+    return None if found is None else Path(found[1])
+
+
+def _get(mapping, key: str, default=None):
+    return mapping.get(key, default) if hasattr(mapping, "get") else getattr(mapping, key, default)
+
+
+def _checkpoint_callback(callbacks) -> tuple[str, str, object] | None:
+    """(class_path, directory, init_args) of the first configured callback that names a checkpoint directory."""
     for callback in callbacks or []:
-        init_args = callback.get("init_args", {}) if isinstance(callback, dict) else getattr(callback, "init_args", {})
+        init_args = _get(callback, "init_args", {}) or {}
         for key in ("checkpoint_dir", "dirpath"):
-            value = init_args.get(key) if hasattr(init_args, "get") else getattr(init_args, key, None)
-            if value:
-                return Path(value)
+            if value := _get(init_args, key):
+                return str(_get(callback, "class_path", "")), str(value), init_args
     return None
 
 
-def run_checks(config) -> list[Check]:
+def _latest_name(class_path: str) -> str:
+    """The file ``fit`` resumes from for this checkpoint class (``CHECKPOINT_NAME_LAST``, as ``fit`` reads it)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        return f"{cls.CHECKPOINT_NAME_LAST}{cls.FILE_EXTENSION}"
+    except (ImportError, AttributeError, ValueError):
+        return LATEST_NAME
+
+
+def run_checks(config, ckpt_path: str | None = None) -> list[Check]:
     trainer, data = config.trainer, config.data
     logger = trainer.logger if hasattr(trainer.logger, "get") else None
     logger_class = logger.get("class_path") if logger is not None else None
-    data_dir = Path(data.data_dir)
+    checkpoint = _checkpoint_callback(trainer.callbacks)
+    directory = None if checkpoint is None else Path(checkpoint[1])
+    latest_name = LATEST_NAME if checkpoint is None else _latest_name(checkpoint[0])
+    auto_resume = checkpoint is None or bool(_get(checkpoint[2], "auto_resume", True))
     return [
         check_gpus(trainer.devices, trainer.num_nodes or 1, str(trainer.accelerator)),
         check_cuda_nccl(str(trainer.accelerator), str(trainer.strategy)),
-        *check_data(data_dir, [data.train_file, data.val_file, "classes.json"]),
-        check_free_disk(checkpoint_dir_from(trainer.callbacks)),
+        *check_data(Path(data.data_dir), [data.train_file, data.val_file, "classes.json"]),
+        check_checkpoint_writable(directory),
+        check_free_disk(directory),
+        check_resume(directory, latest_name, auto_resume, ckpt_path),
         check_shared_memory(),
         check_wandb(logger_class, logger.get("init_args") if logger is not None else None),
     ]
 
 
 def doctor(argv: list[str]) -> int:
-    """Parse ``argv`` like ``resnet-ffcv fit`` (without the subcommand), print the checks, return 0 if all pass."""
-    from resnet_ffcv.cli import parse_config_only
-
-    checks = run_checks(parse_config_only(argv))
+    """Parse ``argv`` like ``resnet-ffcv fit`` (without the subcommand), print the checks, return 0 if none fail."""
+    own = argparse.ArgumentParser(prog="resnet-ffcv doctor", add_help=False, allow_abbrev=False)
+    own.add_argument("--ckpt_path", default=None, help="the checkpoint `fit` will be given (default: fit's own choice)")
+    args, fit_argv = parse_tool_args(own, argv, DESCRIPTION)
+    checks = run_checks(parse_config_only(fit_argv), args.ckpt_path)
     for check in checks:
         print(check.line())
     failed = [check.name for check in checks if not check.ok]

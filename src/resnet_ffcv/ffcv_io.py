@@ -37,7 +37,7 @@ class WriteResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-class WriteAborted(RuntimeError):
+class WriteAborted(RuntimeError, ValueError):  # a ValueError: the CLI reports it as a user error
     """A worker hit a sample it may not skip, or died; the message names the sample."""
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from resnet_ffcv.lightning_cli import parse_config_only, parse_tool_args
+
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
 
@@ -130,9 +132,9 @@ def format_plan(plan: Plan, hardware: str, notes: list[str]) -> str:
 
 # -- measuring ----------------------------------------------------------------------------------------------------
 def _measure_step(config, resolution: int, batch: int, steps: int, warmup: int, device, precision: str) -> float:
+    from resnet_ffcv.dataset_format import CLASSES_FILE, load_classes
     from resnet_ffcv.model import ImageClassifier
     from resnet_ffcv.throughput import run_lightning_steps, synthetic_batch
-    from resnet_ffcv.writer import CLASSES_FILE, load_classes
 
     model_args = {key: value for key, value in vars(config.model).items() if not key.startswith("_")}
     classes = Path(config.data.data_dir) / CLASSES_FILE
@@ -200,8 +202,9 @@ def _devices(config) -> tuple[int, int]:
     return int(devices), int(config.trainer.num_nodes or 1)
 
 
-def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
-    parser = argparse.ArgumentParser(prog="resnet-ffcv plan", allow_abbrev=False)
+def _parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """plan's own options, and the rest: the training config and overrides, as for ``fit``."""
+    parser = argparse.ArgumentParser(prog="resnet-ffcv plan", add_help=False, allow_abbrev=False)
     parser.add_argument("--steps", type=int, default=30, help="training steps measured per stage (warmup included)")
     parser.add_argument("--warmup", type=int, default=10, help="steps not timed (cudnn autotune, compile)")
     parser.add_argument("--loader_batches", type=int, default=50, help="loader batches timed per stage")
@@ -210,10 +213,11 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
     parser.add_argument("--price_per_hour", type=float, default=None, help="default: the config's cost.price_per_hour")
     parser.add_argument("--scaling_efficiency", type=float, default=1.0, help="multi-GPU efficiency (1: linear)")
     parser.add_argument("--json", default=None, help="also write the plan here")
-    own, fit_args = parser.parse_known_args(argv)
+    return parse_tool_args(parser, argv, (__doc__ or "").split("\n\n", 1)[-1].strip())
 
-    from resnet_ffcv.cli import parse_config_only
 
+def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
+    own, fit_args = _parse_args(argv)
     config = parse_config_only(fit_args)
     devices_per_node, nodes = _devices(config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

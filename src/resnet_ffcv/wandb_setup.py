@@ -7,6 +7,11 @@ import warnings
 from pathlib import Path
 
 
+def is_wandb_logger(logger_config) -> bool:
+    """Whether a config's ``trainer.logger`` entry (a class_path/init_args mapping) is a W&B logger."""
+    return hasattr(logger_config, "get") and "Wandb" in str(logger_config.get("class_path"))
+
+
 def wandb_credentials() -> str | None:
     """Where W&B would find an API key (the same places ``wandb login`` writes), or None."""
     if os.environ.get("WANDB_API_KEY"):

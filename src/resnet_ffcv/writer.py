@@ -39,7 +39,6 @@ from resnet_ffcv.dataset_format import (
     class_entries,
     save_classes,
 )
-from resnet_ffcv.dataset_format import load_classes as load_classes  # re-exported: older imports name the writer
 from resnet_ffcv.ffcv_io import WriteAborted
 from resnet_ffcv.sources import (
     ClassInfo,

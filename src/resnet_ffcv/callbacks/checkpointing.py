@@ -1,23 +1,16 @@
 """A checkpoint directory a spot run can be killed over: atomic writes, latest, periodic and best files.
 
-Layout of ``dirpath`` (the seed's names):
+The file names (latest, periodic, best, the W&B run id) and the choice of the file to resume from live in
+:mod:`resnet_ffcv.resume`; this callback decides when those files are written and writes them atomically.
 
-    checkpoint_latest.ckpt      every epoch end, and mid-epoch on a spot notice / SIGTERM / SIGINT
-    checkpoint_epoch_{N}.ckpt   after every ``checkpoint_interval`` epochs (N = epochs completed), newest
-                                ``keep_periodic`` kept
-    best_model.ckpt             the epoch with the best ``monitor`` value so far
-    wandb_run_id.txt            the W&B run id, so a restarted run continues the same W&B run (see cli.py)
-
-Each epoch serializes the state once (``checkpoint_latest.ckpt``); best and periodic files are hard links to
-that file (a copy where the filesystem has no hard links), so three names cost one write. Linked names share
-their bytes, which is safe because nothing here rewrites a file in place: every write renames a new file into
-a name.
+Each epoch serializes the state once (the latest file); best and periodic files are hard links to that file (a
+copy where the filesystem has no hard links), so three names cost one write. Linked names share their bytes,
+which is safe because nothing here rewrites a file in place: every write renames a new file into a name.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import time
 import warnings
 from pathlib import Path
@@ -30,11 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from resnet_ffcv import atomic
-
-LATEST_NAME = "checkpoint_latest.ckpt"
-BEST_NAME = "best_model.ckpt"
-PERIODIC_PATTERN = re.compile(r"^checkpoint_epoch_(\d+)\.ckpt$")
-WANDB_ID_FILE = "wandb_run_id.txt"
+from resnet_ffcv.resume import BEST_NAME, LATEST_NAME, periodic_checkpoints, periodic_name
 
 # Test seam: seconds to pause after the bytes are written and before the rename, when the write replaces an
 # existing file, so a test can kill -9 the process while a checkpoint is being overwritten. Tests only.
@@ -43,10 +32,6 @@ WRITE_PAUSE_ENV = "RESNET_FFCV_TEST_CHECKPOINT_WRITE_PAUSE_S"
 
 # ModelCheckpoint warns about a non-empty directory; resuming from a non-empty directory is the point here.
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-
-
-def periodic_name(epochs_done: int) -> str:
-    return f"checkpoint_epoch_{epochs_done}.ckpt"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -173,7 +158,7 @@ class SpotCheckpoint(ModelCheckpoint):
             self._prune_periodic(trainer)
 
     def save_latest(self, trainer: L.Trainer) -> Path:
-        """Writes ``checkpoint_latest.ckpt`` now; every rank must call it (the save ends in a barrier)."""
+        """Writes the latest checkpoint (``LATEST_NAME``) now; every rank must call it (the save ends in a barrier)."""
         path = self.directory / LATEST_NAME
         self.last_model_path = str(path)
         started = time.perf_counter()
@@ -186,7 +171,7 @@ class SpotCheckpoint(ModelCheckpoint):
         return path
 
     def _update_best(self, trainer: L.Trainer, candidates: dict[str, torch.Tensor]) -> bool:
-        """ModelCheckpoint's top-1 bookkeeping without its write: the write is ``checkpoint_latest.ckpt``."""
+        """ModelCheckpoint's top-1 bookkeeping without its write: the write is the latest file."""
         current = candidates.get(self.monitor)
         if current is None:
             if trainer.fit_loop.epoch_loop.val_loop._has_run:  # as ModelCheckpoint decides it
@@ -217,57 +202,3 @@ class SpotCheckpoint(ModelCheckpoint):
             return
         for path in periodic_checkpoints(self.directory)[self.keep_periodic :]:
             path.unlink(missing_ok=True)
-
-
-def periodic_checkpoints(directory: Path) -> list[Path]:
-    """``checkpoint_epoch_{N}.ckpt`` files, newest (largest N) first."""
-    found = [
-        (int(m.group(1)), p) for p in directory.glob("checkpoint_epoch_*.ckpt") if (m := PERIODIC_PATTERN.match(p.name))
-    ]
-    return [p for _, p in sorted(found, reverse=True)]
-
-
-def load_checkpoint_header(path: Path) -> dict[str, Any]:
-    """Loads a checkpoint memory-mapped (tensors stay on disk), so checking a 300 MB file costs milliseconds.
-
-    Raises on a truncated or foreign file. ``weights_only=False``: these are our own files, and Lightning
-    stores hyperparameters and loop state as plain Python objects.
-    """
-    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    missing = [key for key in ("state_dict", "loops", "optimizer_states") if key not in checkpoint]
-    if missing:
-        raise ValueError(f"not a full training checkpoint (no {', '.join(missing)})")
-    return checkpoint
-
-
-def _describe(error: BaseException, limit: int = 100) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text if len(text) <= limit else text[: limit - 3] + '...'}"
-
-
-def find_resume_checkpoint(directory: Path, latest_name: str = LATEST_NAME) -> tuple[Path | None, str]:
-    """The file a restart should continue from, and a sentence saying which and why.
-
-    ``latest_name`` first; if it is missing or unreadable, the newest periodic file that loads.
-    """
-    directory = Path(directory)
-    latest = directory / latest_name
-    problems = []
-    if latest.is_file():
-        try:
-            load_checkpoint_header(latest)
-            return latest, f"Resuming from {latest}"
-        except Exception as error:  # noqa: BLE001 - any load failure means: try the next file
-            problems.append(f"{latest.name} is unreadable ({_describe(error)})")
-    else:
-        problems.append(f"{latest.name} is missing")
-    for path in periodic_checkpoints(directory):
-        try:
-            load_checkpoint_header(path)
-        except Exception as error:  # noqa: BLE001
-            problems.append(f"{path.name} is unreadable ({_describe(error)})")
-            continue
-        return path, f"Resuming from {path}: {'; '.join(problems)}"
-    if problems == [f"{latest.name} is missing"]:
-        return None, f"No checkpoint in {directory}: starting from scratch"
-    return None, f"No loadable checkpoint in {directory} ({'; '.join(problems)}): starting from scratch"

@@ -24,7 +24,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from resnet_ffcv.callbacks.checkpointing import LATEST_NAME, SpotCheckpoint
+from resnet_ffcv.callbacks.checkpointing import SpotCheckpoint
+from resnet_ffcv.resume import LATEST_NAME
 
 INTERRUPTED_EXIT_CODE = 75  # sysexits.h EX_TEMPFAIL
 
@@ -148,7 +149,7 @@ class SpotInterruption(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and not isinstance(trainer.checkpoint_callback, SpotCheckpoint):
             raise ValueError(
-                "SpotInterruption saves checkpoint_latest.ckpt through SpotCheckpoint: add "
+                f"SpotInterruption saves {LATEST_NAME} through SpotCheckpoint: add "
                 "resnet_ffcv.callbacks.SpotCheckpoint to trainer.callbacks (found "
                 f"{type(trainer.checkpoint_callback).__name__})"
             )

@@ -1,0 +1,142 @@
+"""The LightningCLI behind ``resnet-ffcv fit / validate / test / predict``, and the same parse for the tools.
+
+``fit`` resumes by itself: with no ``--ckpt_path`` it continues from the latest checkpoint in the checkpoint
+callback's ``dirpath`` (or the newest loadable periodic one; names and rules in :mod:`resnet_ffcv.resume`),
+and a W&B logger continues the same run. Exit codes: 0 finished, 75 interrupted with a checkpoint saved
+(rerun the same command), anything else failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import yaml
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from resnet_ffcv.callbacks.cost import CostMonitor
+from resnet_ffcv.callbacks.resolution import ResolutionMonitor
+from resnet_ffcv.callbacks.spot import TrainingInterrupted
+from resnet_ffcv.callbacks.target_accuracy import TargetAccuracyStop
+from resnet_ffcv.data import FFCVDataModule
+from resnet_ffcv.model import ImageClassifier
+from resnet_ffcv.resolution import ResolutionSchedule
+from resnet_ffcv.resume import (
+    IncompatibleCheckpointError,
+    check_compatible,
+    configured_checkpoint_dir,
+    continue_wandb_run,
+    resolve_resume_path,
+)
+from resnet_ffcv.wandb_setup import fall_back_to_offline_without_credentials, is_wandb_logger
+
+# For the tools that read a training config (doctor, plan): their --help says how the config is given.
+CONFIG_HELP = (
+    "a training config, as for `resnet-ffcv fit` (repeat to layer configs: later files override earlier ones); "
+    "any other `fit` argument (--trainer.devices 8, --data.data_dir /data ...) overrides it, as in `fit`"
+)
+
+
+class LoggedSaveConfig(SaveConfigCallback):
+    """Saves the resolved config beside the logs (Lightning's behaviour) and logs it to the logger (W&B)."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        if trainer.logger is not None:
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            trainer.logger.log_hyperparams({"config": config})
+
+
+class ResNetCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # The class count comes from the data (classes.json), never typed twice.
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        # Callbacks that recipes and machines configure differently get sections of their own, always present
+        # and off (or zero) unless set: a later config sets single keys (resolution.start_ramp: 41,
+        # target.target_accuracy: null, cost.price_per_hour: 3.5) where a callbacks list is replaced whole.
+        # The resolution schedule is a plain object the datamodule is given; a callback logs what was served.
+        parser.add_class_arguments(ResolutionSchedule, "resolution")
+        parser.link_arguments("resolution", "data.resolution", apply_on="instantiate")
+        parser.add_lightning_class_args(ResolutionMonitor, "resolution_monitor")
+        parser.add_lightning_class_args(TargetAccuracyStop, "target")
+        parser.add_lightning_class_args(CostMonitor, "cost")
+
+    def before_instantiate_classes(self) -> None:
+        logger = self.config[self.subcommand].trainer.logger if self.subcommand else None
+        if is_wandb_logger(logger):
+            fall_back_to_offline_without_credentials(logger.get("init_args"))
+
+    def fit(self, model, datamodule=None, ckpt_path: str | None = None, **kwargs) -> None:
+        """``trainer.fit`` with auto-resume, a compatibility check and W&B run continuity."""
+        checkpoint_dir = configured_checkpoint_dir(self.trainer)
+        ckpt_path = resolve_resume_path(self.trainer, ckpt_path)
+        if ckpt_path is not None:
+            check_compatible(Path(ckpt_path), model)
+        if checkpoint_dir is not None:
+            continue_wandb_run(self.trainer, checkpoint_dir, resuming=ckpt_path is not None)
+        self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+
+
+class _ParseOnlyCLI(ResNetCLI):
+    """Parses a fit configuration (files and overrides) exactly as ``fit`` does, and instantiates nothing."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def parse_config_only(argv: list[str]):
+    """The configuration ``resnet-ffcv fit ARGV`` would run with, without building model, data or Trainer."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # argv is not sys.argv here
+        return _ParseOnlyCLI(
+            ImageClassifier,
+            FFCVDataModule,
+            run=False,
+            args=argv,
+            save_config_callback=None,
+            auto_configure_optimizers=False,
+        ).config
+
+
+def parse_tool_args(
+    own: argparse.ArgumentParser, argv: list[str], description: str
+) -> tuple[argparse.Namespace, list[str]]:
+    """A tool's own options, and the rest of ``argv`` in its order for :func:`parse_config_only`.
+
+    ``own`` (made with ``add_help=False``) holds the tool's options; ``--help`` shows them with ``description``
+    and ``--config``. The configs stay in the rest, in place: configs and overrides apply in the order given.
+    """
+    documented = argparse.ArgumentParser(
+        prog=own.prog,
+        description=description,
+        parents=[own],
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    documented.add_argument("-c", "--config", action="append", metavar="FILE", help=CONFIG_HELP)
+    documented.parse_known_args(argv)  # answers --help; reports a bad value of the tool's own options
+    return own.parse_known_args(argv)
+
+
+def run(argv: list[str]) -> None:
+    """``resnet-ffcv SUBCOMMAND ARGS`` for the Trainer subcommands; a user's mistake exits with one line."""
+    try:
+        with warnings.catch_warnings():
+            # argv is sys.argv[1:] (or a test's list): the caution about passing both does not apply here.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            ResNetCLI(
+                ImageClassifier,
+                FFCVDataModule,
+                # A spot restart reruns the same command into the same log directory.
+                save_config_callback=LoggedSaveConfig,
+                save_config_kwargs={"overwrite": True},
+                # The module owns its optimizer (weight-decay groups) and per-batch LR schedule: no --optimizer knobs.
+                auto_configure_optimizers=False,
+                parser_kwargs={"prog": "resnet-ffcv"},
+                args=argv,
+            )
+    except TrainingInterrupted as interruption:
+        sys.exit(interruption.exit_code)
+    except IncompatibleCheckpointError as error:
+        sys.exit(f"resnet-ffcv: error: {error}")
