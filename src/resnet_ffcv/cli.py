@@ -37,6 +37,7 @@ from resnet_ffcv.callbacks.cost import CostMonitor
 from resnet_ffcv.callbacks.resolution import ProgressiveResolution
 from resnet_ffcv.callbacks.spot import TrainingInterrupted
 from resnet_ffcv.callbacks.target_accuracy import TargetAccuracyStop
+from resnet_ffcv.config_checks import ConfigError, check_fit_config
 from resnet_ffcv.data import FFCVDataModule
 from resnet_ffcv.model import ImageClassifier
 from resnet_ffcv.wandb_setup import fall_back_to_offline_without_credentials
@@ -70,6 +71,8 @@ class ResNetCLI(LightningCLI):
         parser.add_lightning_class_args(CostMonitor, "cost")
 
     def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":  # before the model, the data, W&B and any epoch: a config mistake costs nothing
+            check_fit_config(self.config.fit)
         logger = self.config[self.subcommand].trainer.logger if self.subcommand else None
         if hasattr(logger, "get") and "Wandb" in str(logger.get("class_path")):
             fall_back_to_offline_without_credentials(logger.get("init_args"))
@@ -238,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except TrainingInterrupted as interruption:
         sys.exit(interruption.exit_code)
-    except IncompatibleCheckpointError as error:
+    except (IncompatibleCheckpointError, ConfigError) as error:
         sys.exit(f"resnet-ffcv: error: {error}")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from resnet_ffcv.config_checks import fit_config_problems
 from resnet_ffcv.wandb_setup import wandb_credentials, wandb_mode
 
 # A full ResNet-50 checkpoint (weights, SGD momentum, EMA copy) is ~300 MB; keep room for the periodic ones too.
@@ -108,6 +109,12 @@ def checkpoint_dir_from(callbacks) -> Path | None:
     return None
 
 
+def check_config_values(config) -> Check:
+    """What ``fit`` would stop on before training: a monitor never logged, a warmup past max_epochs, ..."""
+    problems = fit_config_problems(config)
+    return Check("config values", not problems, " ".join(problems) or "monitors, LR schedule and class count agree")
+
+
 def run_checks(config) -> list[Check]:
     trainer, data = config.trainer, config.data
     logger = trainer.logger if hasattr(trainer.logger, "get") else None
@@ -120,6 +127,7 @@ def run_checks(config) -> list[Check]:
         check_free_disk(checkpoint_dir_from(trainer.callbacks)),
         check_shared_memory(),
         check_wandb(logger_class, logger.get("init_args") if logger is not None else None),
+        check_config_values(config),
     ]
 
 
