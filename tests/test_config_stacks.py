@@ -8,6 +8,7 @@ real ``resnet-ffcv`` entry point over two epochs).
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -63,6 +64,18 @@ OVERRIDES = [
     "--model.compile=false",
 ]
 LATEST = "checkpoint_latest.ckpt"
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_state():
+    """What an in-process DDP run leaves behind, removed: its process group (holding MASTER_PORT) and the
+    variables Lightning exports (MASTER_PORT, WORLD_SIZE, ...), which a later subprocess would inherit."""
+    environment = dict(os.environ)
+    yield
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(environment)
 
 
 def config_args(stack: list[Path]) -> list[str]:
