@@ -15,7 +15,7 @@ from resnet_ffcv.ffcv_io import MIN_SIDE
 from resnet_ffcv.inspect_dataset import StoredImages
 from resnet_ffcv.predict import list_images
 
-from .conftest import CONFIGS, run_cli, trained_checkpoint
+from .helpers import CONFIGS, run_cli, trained_checkpoint
 
 RED, BLUE = (220, 30, 30), (30, 30, 220)
 COLOURS = {"a_red": RED, "b_blue": BLUE}  # class folder -> colour of its images; labels 0, 1 by name

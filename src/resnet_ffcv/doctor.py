@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from resnet_ffcv.config_checks import fit_config_problems
 from resnet_ffcv.dataset_format import CLASSES_FILE, load_classes, validate_ffcv
 from resnet_ffcv.lightning_cli import parse_config_only, parse_tool_args
 from resnet_ffcv.resume import LATEST_NAME, find_resume_checkpoint
@@ -191,6 +192,12 @@ def _latest_name(class_path: str) -> str:
         return LATEST_NAME
 
 
+def check_config_values(config) -> Check:
+    """What ``fit`` would stop on before training: a monitor never logged, a warmup past max_epochs, ..."""
+    problems = fit_config_problems(config)
+    return Check("config values", not problems, " ".join(problems) or "monitors, LR schedule and class count agree")
+
+
 def run_checks(config, ckpt_path: str | None = None) -> list[Check]:
     trainer, data = config.trainer, config.data
     logger = trainer.logger if hasattr(trainer.logger, "get") else None
@@ -208,6 +215,7 @@ def run_checks(config, ckpt_path: str | None = None) -> list[Check]:
         check_resume(directory, latest_name, auto_resume, ckpt_path),
         check_shared_memory(),
         check_wandb(logger_class, logger.get("init_args") if logger is not None else None),
+        check_config_values(config),
     ]
 
 

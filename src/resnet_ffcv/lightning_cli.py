@@ -20,6 +20,7 @@ from resnet_ffcv.callbacks.cost import CostMonitor
 from resnet_ffcv.callbacks.resolution import ResolutionMonitor
 from resnet_ffcv.callbacks.spot import TrainingInterrupted
 from resnet_ffcv.callbacks.target_accuracy import TargetAccuracyStop
+from resnet_ffcv.config_checks import ConfigError, check_fit_config
 from resnet_ffcv.data import FFCVDataModule
 from resnet_ffcv.model import ImageClassifier
 from resnet_ffcv.resolution import ResolutionSchedule
@@ -63,6 +64,8 @@ class ResNetCLI(LightningCLI):
         parser.add_lightning_class_args(CostMonitor, "cost")
 
     def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":  # a config mistake stops here, before any data or model is built
+            check_fit_config(self.config.fit)
         logger = self.config[self.subcommand].trainer.logger if self.subcommand else None
         if is_wandb_logger(logger):
             fall_back_to_offline_without_credentials(logger.get("init_args"))
@@ -138,5 +141,5 @@ def run(argv: list[str]) -> None:
             )
     except TrainingInterrupted as interruption:
         sys.exit(interruption.exit_code)
-    except IncompatibleCheckpointError as error:
+    except (IncompatibleCheckpointError, ConfigError) as error:
         sys.exit(f"resnet-ffcv: error: {error}")

@@ -26,10 +26,12 @@ class TargetAccuracyStop(EarlyStopping):
 
     Args:
         target_accuracy: stop once ``monitor`` >= this; a fraction (0.78 for 78 % top-1); null: never.
-        monitor: ``val/acc1``, or ``val/acc1_ema`` to judge the EMA weights.
+        monitor: ``val/acc1_best`` (the better of the raw and EMA top-1; logged with EMA on or off),
+            ``val/acc1`` for the raw weights only, or ``val/acc1_ema`` for the EMA weights (needs
+            ``model.use_ema``; ``fit`` stops before training when the config would never log the metric).
     """
 
-    def __init__(self, target_accuracy: float | None = None, monitor: str = "val/acc1"):
+    def __init__(self, target_accuracy: float | None = None, monitor: str = "val/acc1_best"):
         if target_accuracy is not None and not 0.0 < target_accuracy <= 1.0:
             raise ValueError(
                 f"TargetAccuracyStop target_accuracy={target_accuracy}: expected a fraction in (0, 1], "

@@ -1,0 +1,134 @@
+"""Config mistakes that Lightning, torch or the callbacks would report late, or never: found before training.
+
+Each check reads the parsed ``fit`` config (the jsonargparse namespace, before any class is built), so the same
+functions serve ``resnet-ffcv fit`` (stops before the model, data or first epoch) and ``resnet-ffcv doctor``
+(one pass/fail line). Each problem is one sentence naming the key, its value and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from resnet_ffcv.dataset_format import CLASSES_FILE, load_classes
+
+# Schedules whose rise to model.lr lasts model.warmup_epochs (triangular rises until model.lr_peak_epoch).
+WARMUP_SCHEDULES = ("onecycle", "cosine", "step")
+
+
+class ConfigError(ValueError):
+    """A config value that would fail (or silently mistrain) only after data loading or epochs of training."""
+
+
+def validation_metrics(use_ema: bool) -> set[str]:
+    """What ``ImageClassifier`` logs at each validation: raw weights, EMA weights if kept, and the better one.
+
+    ``val/acc1_best`` / ``val/acc5_best`` exist with EMA on or off, so a monitor naming them survives a later
+    config (or ``--model.use_ema false``) switching EMA off. tests/test_config_stacks.py checks this set against
+    what a real run logs.
+    """
+    suffixes = ("", "_ema", "_best") if use_ema else ("", "_best")
+    return {f"val/{name}{suffix}" for name in ("acc1", "acc5") for suffix in suffixes} | {
+        f"val/loss{suffix}" for suffix in suffixes if suffix != "_best"
+    }
+
+
+def _get(namespace: Any, key: str, default: Any = None) -> Any:
+    """``namespace.key`` for jsonargparse Namespaces and plain dicts alike."""
+    if isinstance(namespace, Mapping):
+        return namespace.get(key, default)
+    return getattr(namespace, key, default)
+
+
+def configured_monitors(callbacks: Iterable[Any] | None, target: Any) -> dict[str, str]:
+    """Config key -> metric name for every callback ``monitor`` that will be read during ``fit``.
+
+    ``target.monitor`` counts only with a ``target.target_accuracy`` set: otherwise TargetAccuracyStop reads
+    nothing. ``trainer.callbacks`` entries are ``{class_path, init_args}``; a ``monitor: null`` monitors nothing.
+    """
+    monitors = {}
+    for index, callback in enumerate(callbacks or []):
+        monitor = _get(_get(callback, "init_args", {}), "monitor")
+        if monitor is not None:
+            monitors[f"trainer.callbacks[{index}].init_args.monitor"] = str(monitor)
+    if target is not None and _get(target, "target_accuracy") is not None:
+        monitors["target.monitor"] = str(_get(target, "monitor"))
+    return monitors
+
+
+def monitor_problems(use_ema: bool, monitors: Mapping[str, str]) -> list[str]:
+    """A sentence per monitor under ``val/`` that the module never logs with this ``model.use_ema``.
+
+    Only ``val/`` names are judged: other metrics (``train/loss_epoch``, ``cost/usd``) come from elsewhere.
+    """
+    logged = validation_metrics(use_ema)
+    problems = []
+    for key, metric in monitors.items():
+        if metric.startswith("val/") and metric not in logged:
+            hint = " or set model.use_ema: true" if metric.endswith("_ema") and not use_ema else ""
+            problems.append(
+                f"{key}={metric!r} names a metric this config never logs: with model.use_ema={str(use_ema).lower()} "
+                f"validation logs {', '.join(sorted(logged))}. Use val/acc1_best (the better of the raw and EMA "
+                f"top-1, logged with EMA on or off){hint}."
+            )
+    return problems
+
+
+def schedule_problems(model: Any, max_epochs: int | None) -> list[str]:
+    """The LR must reach ``model.lr`` within the run, and ``model.lr`` must be a positive number."""
+    problems = []
+    lr = _get(model, "lr")
+    if lr is not None and lr <= 0:
+        problems.append(f"model.lr={lr}: expected a positive peak learning rate (e.g. 0.8 for the global batch 2048).")
+    if max_epochs is None or max_epochs <= 0:
+        return problems  # the schedule then ends at max_steps, known only once the loader exists
+    scheduler = _get(model, "scheduler")
+    rise_key = (
+        "warmup_epochs" if scheduler in WARMUP_SCHEDULES else "lr_peak_epoch" if scheduler == "triangular" else None
+    )
+    rise = _get(model, rise_key) if rise_key else None
+    if rise is not None and rise > max_epochs:
+        problems.append(
+            f"model.{rise_key}={rise} is longer than trainer.max_epochs={max_epochs}: the {scheduler} schedule "
+            f"would end before the LR reaches model.lr={lr}. Expected model.{rise_key} <= {max_epochs}."
+        )
+    return problems
+
+
+def num_classes_problems(data: Any) -> list[str]:
+    """``data.num_classes`` set above the class count of ``classes.json``: outputs no label ever trains.
+
+    Smaller counts are caught by the datamodule (labels out of range); a missing file is reported there too.
+    """
+    num_classes = _get(data, "num_classes")
+    classes_path = Path(str(_get(data, "data_dir", ""))) / CLASSES_FILE
+    if num_classes is None or not classes_path.is_file():
+        return []
+    count = len(load_classes(classes_path))
+    if num_classes <= count:
+        return []
+    return [
+        f"data.num_classes={num_classes} but {classes_path} lists {count} classes: the network would get "
+        f"{num_classes - count} outputs no label uses. Expected at most {count}; leave data.num_classes unset "
+        "to take the count from classes.json."
+    ]
+
+
+def fit_config_problems(config: Any) -> list[str]:
+    """Every problem of a parsed ``fit`` config (top level: trainer, model, data, target), one sentence each."""
+    trainer, model = _get(config, "trainer"), _get(config, "model")
+    monitors = configured_monitors(_get(trainer, "callbacks"), _get(config, "target"))
+    return [
+        *monitor_problems(bool(_get(model, "use_ema")), monitors),
+        *schedule_problems(model, _get(trainer, "max_epochs")),
+        *num_classes_problems(_get(config, "data")),
+    ]
+
+
+def check_fit_config(config: Any) -> None:
+    """Raises one ConfigError paragraph listing every problem; called by the CLI before anything is built."""
+    problems = fit_config_problems(config)
+    if problems:
+        count = "Config problem" if len(problems) == 1 else f"{len(problems)} config problems"
+        raise ConfigError(" ".join([f"{count}, found before training:", *problems]))
