@@ -194,11 +194,11 @@ class CompiledNetworks:
     def _record(self, graph: Graph, seconds: float) -> None:
         self.compiled.append((graph, seconds))
         planned = self.plan is not None and graph in self.plan
-        count = f"{len(self.compiled)}/{len(self.plan)}" if self.plan is not None else f"{len(self.compiled)}"
-        line = (
-            f"torch.compile graph {count}: {graph} ({'planned' if planned else 'UNPLANNED'}), "
-            f"first call {seconds:.1f} s with the compile"
-        )
+        if self.plan is None:
+            count, status = f"{len(self.compiled)}", "no plan: loaders other than ours"
+        else:
+            count, status = f"{len(self.compiled)}/{len(self.plan)}", "planned" if planned else "UNPLANNED"
+        line = f"torch.compile graph {count}: {graph} ({status}), first call {seconds:.1f} s with the compile"
         if planned or self.plan is None:
             rank_zero_info(line)
         else:
