@@ -93,12 +93,11 @@ def describe_plan(graphs: list[Graph]) -> str:
 def plan_for_trainer(trainer, use_ema: bool) -> list[Graph] | None:
     """The planned graphs of ``trainer.fit`` from its FFCV datamodule and resolution schedule; None when the
     loaders are not ours (plain DataLoaders: batch and resolution are unknown until they arrive)."""
-    from resnet_ffcv.callbacks.resolution import ProgressiveResolution
-
     datamodule = trainer.datamodule
     if datamodule is None or not hasattr(datamodule, "configured_batch_size"):
         return None
-    schedules = [c for c in trainer.callbacks if isinstance(c, ProgressiveResolution) and c.active]
+    # ProgressiveResolution found by its surface (``active``, ``at``): this module sits below the callbacks.
+    schedules = [c for c in trainer.callbacks if getattr(c, "active", False) and callable(getattr(c, "at", None))]
     at: Callable[[int], tuple[int, int | None]] = (
         schedules[0].at if schedules else lambda epoch: (datamodule.train_resolution, None)
     )
