@@ -16,6 +16,14 @@ range of the per-repeat time ratios Lightning / plain (adjacent runs see the sam
 ratios of the median and of the 10th-percentile step times (per-step times are exact on the CPU; on a GPU,
 without a sync per step, only the totals are). On a GPU it then counts the host<->device synchronizations
 of a few Lightning steps. ``--json PATH`` also writes every measurement.
+
+Compile cost: every run starts from an empty dynamo cache (``torch._dynamo.reset()``), so its first step builds
+the training graph (forward and backward). The table's "first step - steady" column is the first step's time
+minus the median timed step, per run (median over repeats, Lightning loop): with compile that is the compile
+time of one training graph (plus the cuDNN autotuning the eager row also pays, shown in its own row). When both
+rows exist for a resolution, a payoff line compares that cost with the step time saved over a 20-epoch stage of
+ImageNet at this batch on 8 GPUs (configs/p4d_78pct.yaml); the validation graphs (raw and EMA, forward only) come
+on top, about a third of a training graph each.
 """
 
 from __future__ import annotations
@@ -39,16 +47,19 @@ from resnet_ffcv.model import ImageClassifier
 from resnet_ffcv.throughput import run_lightning_steps, synchronize, synthetic_batch
 
 # Training FLOPs per image of ResNet-50 (about 3x the forward pass), for the fraction of the compute ceiling.
+IMAGENET_TRAIN_IMAGES = 1_281_167
+P4D_STAGE_EPOCHS, P4D_GPUS = 20, 8  # configs/p4d_78pct.yaml: three 20-epoch resolution stages on 8 GPUs
 RESNET50_TRAIN_GFLOP = {224: 24.5, 192: 24.5 * (192 / 224) ** 2, 160: 12.5}
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense tensor-core peaks
 
 
 @dataclass
 class Timing:
-    """One loop's run: seconds for the timed steps and each step's duration."""
+    """One loop's run: seconds for the timed steps, each step's duration, and the first step's (compile)."""
 
     seconds: float
     step_seconds: list[float]
+    first_step_seconds: float
 
 
 @dataclass
@@ -72,12 +83,28 @@ class Row:
     plain_step_seconds: list[float] = field(default_factory=list)
     lightning_step_seconds: list[float] = field(default_factory=list)
     fraction_of_peak: float | None = None
+    plain_first_step_seconds: list[float] = field(default_factory=list)
+    lightning_first_step_seconds: list[float] = field(default_factory=list)
+    # median over repeats of (first step - median timed step), Lightning loop: with compile, one graph's compile
+    first_step_excess_seconds: float = 0.0
 
 
 def make_module(args, compile_: bool) -> ImageClassifier:
-    """The recipe's module (mixing, EMA, BlurPool, label smoothing) at the benchmark's size."""
+    """The recipe's module (mixing, EMA, BlurPool, label smoothing) at the benchmark's size.
+
+    Compiled: from an empty dynamo cache, so each run pays (and times) its compile, and the runs of all
+    repeats do not pile up in ``ResNet.forward``'s cache until its recompile limit stops the benchmark.
+    """
+    if compile_:
+        torch._dynamo.reset()
     return ImageClassifier(
-        arch=args.arch, num_classes=1000, lr=0.1, warmup_epochs=0, compile=compile_, channels_last=True
+        arch=args.arch,
+        num_classes=1000,
+        lr=0.1,
+        warmup_epochs=0,
+        compile=compile_,
+        compile_backend=args.compile_backend,
+        channels_last=True,
     )
 
 
@@ -91,9 +118,27 @@ def as_fit_configures(args, log_dir: str) -> dict:
     }
 
 
+class FirstStepClock(L.Callback):
+    """The first training step's wall time, CUDA synchronized at both ends: the compile lands here."""
+
+    def __init__(self):
+        self.start = self.seconds = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            synchronize(pl_module.device)
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            synchronize(pl_module.device)
+            self.seconds = time.perf_counter() - self.start
+
+
 def lightning_loop(args, resolution: int, compile_: bool, device: torch.device) -> Timing:
     module = make_module(args, compile_)
     batch = synthetic_batch(args.batch, resolution, 1000, device)
+    first = FirstStepClock()
     with tempfile.TemporaryDirectory() as logs:
         clock = run_lightning_steps(
             module,
@@ -103,8 +148,9 @@ def lightning_loop(args, resolution: int, compile_: bool, device: torch.device) 
             args.precision,
             device,
             **as_fit_configures(args, logs),
+            callbacks=[first],
         )
-    return Timing(clock.seconds, clock.step_seconds)
+    return Timing(clock.seconds, clock.step_seconds, first.seconds)
 
 
 def plain_loop(args, resolution: int, compile_: bool, device: torch.device) -> Timing:
@@ -122,6 +168,8 @@ def plain_loop(args, resolution: int, compile_: bool, device: torch.device) -> T
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed")
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     marks: list[float] = []
+    synchronize(device)
+    first_step = time.perf_counter()
     for step in range(args.steps):
         if step == args.warmup:
             synchronize(device)
@@ -141,9 +189,12 @@ def plain_loop(args, resolution: int, compile_: bool, device: torch.device) -> T
         optimizer.step()
         if module.ema is not None:
             module.ema.update_parameters(module.network)
+        if step == 0:  # the compile lands here
+            synchronize(device)
+            first_step = time.perf_counter() - first_step
     synchronize(device)
     marks.append(time.perf_counter())
-    return Timing(marks[-1] - marks[0], [later - earlier for earlier, later in pairwise(marks)])
+    return Timing(marks[-1] - marks[0], [later - earlier for earlier, later in pairwise(marks)], first_step)
 
 
 class SyncCounter(L.Callback):
@@ -229,6 +280,11 @@ def measure(args, resolution: int, compile_: bool, device: torch.device, peak: f
         ratio_max=max(ratios),
         plain_step_seconds=[s for t in plain for s in t.step_seconds],
         lightning_step_seconds=[s for t in lightning for s in t.step_seconds],
+        plain_first_step_seconds=[t.first_step_seconds for t in plain],
+        lightning_first_step_seconds=[t.first_step_seconds for t in lightning],
+        first_step_excess_seconds=statistics.median(
+            t.first_step_seconds - statistics.median(t.step_seconds) for t in lightning
+        ),
     )
     row.step_ratio = statistics.median(row.lightning_step_seconds) / statistics.median(row.plain_step_seconds)
     row.fast_step_ratio = percentile(row.lightning_step_seconds, 0.1) / percentile(row.plain_step_seconds, 0.1)
@@ -241,7 +297,8 @@ def measure(args, resolution: int, compile_: bool, device: torch.device, peak: f
 def run(args) -> list[Row]:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     torch.backends.cudnn.benchmark = True
-    compile_flags = [False, True] if device.type == "cuda" and not args.no_compile else [False]
+    both = (device.type == "cuda" and not args.no_compile) or args.with_compile
+    compile_flags = [False, True] if both else [False]
     if args.compile_only:
         compile_flags = [True]
     peak = peak_tflops(device)
@@ -256,8 +313,8 @@ def format_table(rows: list[Row], device_name: str) -> str:
     lines = [
         f"training throughput on {device_name} (synthetic on-device batches)",
         "| arch | res | batch | precision | compile | plain img/s | Lightning img/s | time ratio L/plain "
-        "(median [min-max] of repeats) | step-time ratio median / p10 | of bf16 peak |",
-        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|",
+        "(median [min-max] of repeats) | step-time ratio median / p10 | of bf16 peak | first step - steady (s) |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         peak = f"{row.fraction_of_peak:.1%}" if row.fraction_of_peak else "-"
@@ -265,12 +322,34 @@ def format_table(rows: list[Row], device_name: str) -> str:
             f"| {row.arch} | {row.resolution} | {row.batch} | {row.precision} | {row.compile} "
             f"| {row.plain_images_per_s:.1f} | {row.lightning_images_per_s:.1f} "
             f"| {row.ratio_median:.3f} [{row.ratio_min:.3f}-{row.ratio_max:.3f}] "
-            f"| {row.step_ratio:.3f} / {row.fast_step_ratio:.3f} | {peak} |"
+            f"| {row.step_ratio:.3f} / {row.fast_step_ratio:.3f} | {peak} | {row.first_step_excess_seconds:.1f} |"
         )
     if rows:
         row = rows[0]
         lines.append(f"{row.timed_steps} timed steps per run, {row.repeats} interleaved repeats per loop")
+    lines += compile_payoff(rows)
     return "\n".join(lines)
+
+
+def compile_payoff(rows: list[Row]) -> list[str]:
+    """Per resolution with both rows: one training graph's compile time against the step time it saves over a
+    20-epoch stage of ImageNet at this per-device batch on 8 GPUs (configs/p4d_78pct.yaml)."""
+    lines = []
+    for compiled in (row for row in rows if row.compile):
+        eager = next((r for r in rows if not r.compile and r.resolution == compiled.resolution), None)
+        if eager is None:
+            continue
+        compile_seconds = compiled.first_step_excess_seconds - eager.first_step_excess_seconds
+        saved_per_step = eager.batch / eager.lightning_images_per_s - compiled.batch / compiled.lightning_images_per_s
+        steps = IMAGENET_TRAIN_IMAGES * P4D_STAGE_EPOCHS // (compiled.batch * P4D_GPUS)
+        net_minutes = (steps * saved_per_step - compile_seconds) / 60
+        payback = f"after {compile_seconds / saved_per_step:,.0f} steps" if saved_per_step > 0 else "never"
+        lines.append(
+            f"compile at {compiled.resolution} px: {compile_seconds:.1f} s for the training graph (first-step excess "
+            f"over the eager row), {saved_per_step * 1e3:+.1f} ms per step; pays back {payback}; net over a "
+            f"{P4D_STAGE_EPOCHS}-epoch stage ({steps:,} steps per GPU): {net_minutes:+.1f} min"
+        )
+    return lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -288,6 +367,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     compile_group = parser.add_mutually_exclusive_group()
     compile_group.add_argument("--no-compile", action="store_true", help="GPU: skip the torch.compile rows")
     compile_group.add_argument("--compile-only", action="store_true", help="only the torch.compile rows")
+    compile_group.add_argument("--with-compile", action="store_true", help="CPU: also the torch.compile rows")
+    parser.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend (aot_eager: a quick CPU check)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="interleaved runs of each loop")
     parser.add_argument(
         "--threads",

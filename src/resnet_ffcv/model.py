@@ -17,6 +17,7 @@ from torch.utils.data import DistributedSampler
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from resnet_ffcv.compile_plan import CompiledNetworks, CompileMode, plan_for_trainer
 from resnet_ffcv.ema import EMA
 from resnet_ffcv.mixing import MixPolicy
 from resnet_ffcv.networks import build_network
@@ -124,6 +125,12 @@ class ImageClassifier(L.LightningModule):
         zero_init_residual: zero the last BatchNorm gamma of every residual block (blocks start as identity).
         channels_last: NHWC memory format for the network and its inputs (faster convolutions on GPUs).
         compile: ``torch.compile`` the network (and the EMA copy) in place; state-dict keys do not change.
+            Static shapes, one graph per (weights, train/eval, resolution, batch), planned before the fit and
+            logged at each compile; more than planned + 2 stops the run instead of falling back to eager
+            (``compile_plan.py``, docs/performance.md).
+        compile_mode: inductor's mode: ``default``; ``max-autotune`` tunes kernels for minutes per graph,
+            ``reduce-overhead`` adds CUDA graphs (launch overhead, small at ResNet-50's batch 256).
+        compile_backend: ``torch.compile`` backend; tests use ``aot_eager`` (same graphs, seconds per compile).
         val_flip_tta: validate on the sum of the logits of each image and its horizontal flip (as FFCV).
         predict_with_ema: ``resnet-ffcv predict`` uses the EMA weights when the module keeps them (``use_ema``),
             else the raw ones; the EMA weights usually score higher (compare ``val/acc1_ema``).
@@ -163,6 +170,8 @@ class ImageClassifier(L.LightningModule):
         zero_init_residual: bool = False,
         channels_last: bool = True,
         compile: bool = False,
+        compile_mode: CompileMode = "default",
+        compile_backend: str = "inductor",
         val_flip_tta: bool = False,
         predict_with_ema: bool = True,
         predict_top_k: int = 5,
@@ -182,19 +191,45 @@ class ImageClassifier(L.LightningModule):
         self.network = build_network(arch, num_classes, blurpool, zero_init_residual, channels_last)
         # A registered submodule: moved with the module and saved in its state_dict (so in every checkpoint).
         self.ema = EMA(self.network, ema_decay) if use_ema else None
+        # Every forward pass of the network and the EMA copy goes through this when compiled (see _run).
+        self._compiled: CompiledNetworks | None = None
         if compile:
-            self._compile()
+            self._compile(compile_mode, compile_backend)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.eval_metrics = eval_metrics(num_classes, with_ema=use_ema)
         self._eval_seen = 0
 
-    def _compile(self) -> None:
+    def _compile(self, mode: CompileMode, backend: str) -> None:
         """``torch.compile`` in place (``Module.compile``): the state-dict keys stay those of the plain network."""
-        self.network.compile()
+        self._compiled = CompiledNetworks(mode, backend)
+        self._compiled.compile(self.network)
         if self.ema is not None:
-            self.ema.module.compile()
+            self._compiled.compile(self.ema.module)
+
+    def _run(self, network: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """``network(inputs)``; compiled, through the static graph of the epoch's full batch (a smaller one is
+        padded at evaluation, eager in training) with each new graph logged."""
+        if self._compiled is None:
+            return network(inputs)
+        return self._compiled(network, "network" if network is self.network else "ema", inputs)
+
+    def setup(self, stage: str) -> None:
+        if self._compiled is not None and stage == "fit":
+            self._compiled.set_plan(plan_for_trainer(self.trainer, use_ema=self.ema is not None))
+
+    def teardown(self, stage: str) -> None:
+        if self._compiled is not None:
+            self._compiled.restore()
+
+    def on_train_epoch_start(self) -> None:
+        if self._compiled is not None:
+            self._compiled.start_epoch(training=True)
+
+    def on_predict_epoch_start(self) -> None:
+        if self._compiled is not None:
+            self._compiled.start_epoch(training=False)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW -> normalized on the device, in the network's memory format and the autocast dtype.
@@ -265,7 +300,7 @@ class ImageClassifier(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
         inputs, targets = self.mix(self.normalize(images), labels, self.current_epoch)
-        logits = self.network(inputs.contiguous(memory_format=self.memory_format))
+        logits = self._run(self.network, inputs.contiguous(memory_format=self.memory_format))
         # Targets are class indices or (mixed) probabilities; either way PyTorch smooths them once here.
         loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
         # Not on the progress bar: it reads its metrics with ``.item()`` at every refresh (each step by default),
@@ -296,9 +331,9 @@ class ImageClassifier(L.LightningModule):
 
     # -- evaluation ------------------------------------------------------------------------------------------
     def _logits(self, network: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        logits = network(inputs)
+        logits = self._run(network, inputs)
         if self.hparams.val_flip_tta:
-            logits = logits + network(inputs.flip(3).contiguous(memory_format=self.memory_format))
+            logits = logits + self._run(network, inputs.flip(3).contiguous(memory_format=self.memory_format))
         return logits
 
     def _eval_total(self) -> int | None:
@@ -326,9 +361,13 @@ class ImageClassifier(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._eval_seen = 0
+        if self._compiled is not None:
+            self._compiled.start_epoch(training=False)
 
     def on_test_epoch_start(self) -> None:
         self._eval_seen = 0
+        if self._compiled is not None:
+            self._compiled.start_epoch(training=False)
 
     def _evaluate(self, batch, stage: str) -> None:
         images, labels = batch

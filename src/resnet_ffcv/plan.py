@@ -238,6 +238,10 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
     if own.batch is not None:
         notes.append(f"measured at batch {own.batch} per device instead of each stage's batch")
     stages = group_stages(int(config.trainer.max_epochs), _schedule_of(config), config.data.batch_size)
+    if config.model.compile:  # the count only: a ResNet-50 compile takes minutes on a CPU
+        from resnet_ffcv.compile_plan import describe_plan, plan_from_config
+
+        notes.append(f"{describe_plan(plan_from_config(config, stages))}; each compiles once, at its first step")
 
     train_images = own.train_images
     train_path = Path(config.data.data_dir) / config.data.train_file
