@@ -12,12 +12,12 @@ import torch
 from torch import nn
 from torch._dynamo.utils import counters
 
-from resnet_ffcv.callbacks import ProgressiveResolution, Stage
-from resnet_ffcv.cli import parse_config_only
 from resnet_ffcv.compile_plan import MARGIN, CompiledNetworks, Graph, plan_from_config, planned_graphs
 from resnet_ffcv.data import FFCVDataModule
+from resnet_ffcv.lightning_cli import parse_config_only
 from resnet_ffcv.model import ImageClassifier
 from resnet_ffcv.plan import _schedule_of, group_stages
+from resnet_ffcv.resolution import ResolutionSchedule, Stage
 
 from .helpers import CONFIGS, quiet_trainer
 
@@ -90,15 +90,21 @@ def test_p4d_shaped_schedule_compiles_exactly_the_plan(ffcv_dir, caplog):
         compile=True,
         compile_backend="aot_eager",
     )
+    schedule = ResolutionSchedule(stages=[Stage(0, 32), Stage(2, 48), Stage(4, 64)])
     data = FFCVDataModule(
-        data_dir=str(ffcv_dir), batch_size=16, val_batch_size=16, train_resolution=32, val_resolution=64, num_workers=2
+        data_dir=str(ffcv_dir),
+        batch_size=16,
+        val_batch_size=16,
+        train_resolution=32,
+        val_resolution=64,
+        num_workers=2,
+        resolution=schedule,
     )
-    schedule = ProgressiveResolution(stages=[Stage(0, 32), Stage(2, 48), Stage(4, 64)])
     recorder = Recorder()
     caplog.set_level("INFO")
     limit_before = torch._dynamo.config.recompile_limit
     before = unique_graphs()
-    trainer = quiet_trainer(max_epochs=6, limit_train_batches=2, callbacks=[schedule, recorder])
+    trainer = quiet_trainer(max_epochs=6, limit_train_batches=2, callbacks=[recorder])
     trainer.fit(model, data)
 
     plan = [

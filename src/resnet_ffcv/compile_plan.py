@@ -96,10 +96,9 @@ def plan_for_trainer(trainer, use_ema: bool) -> list[Graph] | None:
     datamodule = trainer.datamodule
     if datamodule is None or not hasattr(datamodule, "configured_batch_size"):
         return None
-    # ProgressiveResolution found by its surface (``active``, ``at``): this module sits below the callbacks.
-    schedules = [c for c in trainer.callbacks if getattr(c, "active", False) and callable(getattr(c, "at", None))]
+    schedule = getattr(datamodule, "resolution", None)  # a ResolutionSchedule, or None when it is off
     at: Callable[[int], tuple[int, int | None]] = (
-        schedules[0].at if schedules else lambda epoch: (datamodule.train_resolution, None)
+        schedule.at if schedule is not None else lambda epoch: (datamodule.train_resolution, None)
     )
     default_batch = datamodule.configured_batch_size()
     # Lightning's default max_epochs is 1000 when neither limit is set; -1 (endless) plans that many too.
