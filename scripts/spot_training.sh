@@ -75,6 +75,8 @@ checkpoint_dirs = [
 checkpoint_dirs = [d for d in checkpoint_dirs if d]
 if not checkpoint_dirs:
     problems.append("no checkpoint callback with a dirpath in trainer.callbacks: a restart could not resume")
+elif "://" in str(checkpoint_dirs[0]):  # object storage (resnet_ffcv/storage.py): checked when fit starts
+    note(f"checkpoints in {checkpoint_dirs[0]} (object storage)")
 else:
     directory = Path(checkpoint_dirs[0])
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from resnet_ffcv import disk_speed
 from resnet_ffcv.wandb_setup import wandb_credentials, wandb_mode
 
 # A full ResNet-50 checkpoint (weights, SGD momentum, EMA copy) is ~300 MB; keep room for the periodic ones too.
@@ -117,6 +118,7 @@ def run_checks(config) -> list[Check]:
         check_gpus(trainer.devices, trainer.num_nodes or 1, str(trainer.accelerator)),
         check_cuda_nccl(str(trainer.accelerator), str(trainer.strategy)),
         *check_data(data_dir, [data.train_file, data.val_file, "classes.json"]),
+        Check("data read speed", *disk_speed.doctor_check(data_dir, data.train_file)),
         check_free_disk(checkpoint_dir_from(trainer.callbacks)),
         check_shared_memory(),
         check_wandb(logger_class, logger.get("init_args") if logger is not None else None),
