@@ -32,7 +32,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def s3_env():
     """A local S3 endpoint with one bucket; returns the AWS variables that point a process at it."""
     from moto.server import ThreadedMotoServer
@@ -53,7 +53,9 @@ def s3_env():
         import s3fs
 
         s3fs.S3FileSystem.clear_instance_cache()
-        s3fs.S3FileSystem().mkdir(BUCKET)
+        fs = s3fs.S3FileSystem()
+        if not fs.exists(BUCKET):  # moto keeps its state per process, not per server
+            fs.mkdir(BUCKET)
         yield env
     server.stop()
 
@@ -130,7 +132,7 @@ def test_truncated_latest_object_falls_back_to_newest_good_periodic(tmp_path, ff
     assert "checkpoint_latest.ckpt is " in output and "(truncated or replaced): skipped" in output
     assert "checkpoint_epoch_2.ckpt has no checkpoint_epoch_2.ckpt.sha256" in output
     assert "Resuming from " in output and "checkpoint_epoch_1.ckpt" in output
-    assert _load_remote(remote, "checkpoint_latest.ckpt")["epoch"] == 3  # epochs 1 and 2 trained again
+    assert _load_remote(remote, "checkpoint_latest.ckpt")["global_step"] == 3 * 5  # epochs 1 and 2 trained again
 
 
 def test_hydrate_replaces_a_stale_mirror_and_retention_keeps_the_newest(tmp_path, s3_env):
