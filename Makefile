@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config tmux
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps test test-fast demo lint format clean
+.PHONY: install system-deps sky-install test test-fast demo lint format clean
 
 install: $(STAMP)
 
@@ -24,7 +24,16 @@ $(STAMP): pyproject.toml
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	@$(MAKE) --no-print-directory sky-install
 	@touch $(STAMP)
+
+# SkyPilot, the launcher (`sky jobs launch sky/p4d_78pct.yaml`), in its own venv: skypilot 0.14 pins click<8.2 and
+# wandb needs click>=8.2, so one environment cannot hold both. The training machine never needs it.
+SKY_VENV := .venv-sky
+SKYPILOT := skypilot[aws]==0.14.1
+sky-install:
+	@[ -x $(SKY_VENV)/bin/python ] || $(PYTHON) -m venv $(SKY_VENV)
+	$(SKY_VENV)/bin/pip install -q '$(SKYPILOT)'
 
 test: install
 	$(BIN)/pytest -q

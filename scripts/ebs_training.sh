@@ -4,7 +4,7 @@
 #   sudo scripts/ebs_training.sh [DEVICE]     # DEVICE e.g. /dev/nvme1n1; found automatically when omitted
 #
 # Environment: MOUNT_POINT (/data), DATA_DIR ($MOUNT_POINT/ffcv), CONFIG (configs/p4d_78pct.yaml),
-#   MIN_TRAIN_GB (100) / MIN_VAL_GB (4): smaller files mean an incomplete copy (full ImageNet: ~140 GB / ~6 GB).
+#   MIN_TRAIN_GB (100) / MIN_VAL_GB (4): smaller files mean an incomplete copy (full ImageNet, rn50 preset: ~390 GB / ~15 GB).
 #   DEVICE=none: the data is already in place, mount nothing.
 # On Nitro instances (p4d) EBS volumes show up as /dev/nvme<N>n1, not the /dev/sdf named at attach time; the
 # p4d's own instance-store NVMe disks have no filesystem and are skipped.

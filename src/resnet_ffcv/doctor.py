@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from resnet_ffcv import disk_speed
 from resnet_ffcv.config_checks import fit_config_problems
 from resnet_ffcv.dataset_format import CLASSES_FILE, load_classes, validate_ffcv
 from resnet_ffcv.lightning_cli import parse_config_only, parse_tool_args
@@ -210,6 +211,7 @@ def run_checks(config, ckpt_path: str | None = None) -> list[Check]:
         check_gpus(trainer.devices, trainer.num_nodes or 1, str(trainer.accelerator)),
         check_cuda_nccl(str(trainer.accelerator), str(trainer.strategy)),
         *check_data(Path(data.data_dir), [data.train_file, data.val_file, "classes.json"]),
+        Check("data read speed", *disk_speed.doctor_check(Path(data.data_dir), data.train_file)),
         check_checkpoint_writable(directory),
         check_free_disk(directory),
         check_resume(directory, latest_name, auto_resume, ckpt_path),

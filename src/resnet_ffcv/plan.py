@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from resnet_ffcv import disk_speed
 from resnet_ffcv.lightning_cli import parse_config_only, parse_tool_args
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -56,10 +57,11 @@ class Plan:
     train_images: int
     price_per_hour: float
     scaling_efficiency: float
+    disk_extra_seconds: float = 0.0  # epochs that wait on reading train.ffcv from disk (disk_speed.py)
 
     @property
     def total_seconds(self) -> float:
-        return sum(stage.stage_seconds for stage in self.stages)
+        return sum(stage.stage_seconds for stage in self.stages) + self.disk_extra_seconds
 
     @property
     def total_cost(self) -> float:
@@ -261,12 +263,17 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
         projections.append(
             project_stage(stage, step, loader, devices_per_node * nodes, train_images, own.scaling_efficiency)
         )
+    disk_extra, disk_note = disk_speed.extra_seconds(
+        train_path, [row.epoch_seconds for row in projections for _ in range(row.stage.epochs)]
+    )
+    notes += [disk_note] if disk_note else []
     plan = Plan(
         projections,
         devices_per_node * nodes,
         train_images,
         _price_of(config, own.price_per_hour),
         own.scaling_efficiency,
+        disk_extra,
     )
     if own.json:
         Path(own.json).write_text(

@@ -23,7 +23,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from resnet_ffcv import atomic
-from resnet_ffcv.resume import BEST_NAME, LATEST_NAME, periodic_checkpoints, periodic_name
+from resnet_ffcv.resume import BEST_NAME, LATEST_NAME, WANDB_ID_FILE, periodic_checkpoints, periodic_name
+from resnet_ffcv.storage import RemoteCheckpointDir, is_url
 
 # Test seam: seconds to pause after the bytes are written and before the rename, when the write replaces an
 # existing file, so a test can kill -9 the process while a checkpoint is being overwritten. Tests only.
@@ -58,10 +59,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.fsync(f.fileno())
 
 
-def _is_url(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
 class SpotCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint arranged for spot instances: one directory, fixed names, atomic writes.
 
@@ -72,8 +69,9 @@ class SpotCheckpoint(ModelCheckpoint):
     :class:`AtomicCheckpointIO`.
 
     Args:
-        dirpath: the checkpoint directory (local path); restarts look here, so it must outlive the instance
-            (an EBS volume, not instance storage).
+        dirpath: the checkpoint directory; restarts look here, so it must outlive the instance: an EBS volume
+            (not instance storage), or an object-store URL ``s3://bucket/run`` that outlives the zone too
+            (see :mod:`resnet_ffcv.storage`).
         monitor: metric that picks ``best_model.ckpt``: ``val/acc1``, or ``val/acc1_ema`` when EMA is on.
         mode: ``max`` for accuracies, ``min`` for losses.
         checkpoint_interval: write ``checkpoint_epoch_{N}.ckpt`` every this many epochs; 0 turns them off.
@@ -95,12 +93,16 @@ class SpotCheckpoint(ModelCheckpoint):
         auto_resume: bool = True,
         verbose: bool = True,
     ):
-        if _is_url(str(dirpath)):
-            raise ValueError(f"SpotCheckpoint dirpath={dirpath!r}: expected a local directory (atomic renames)")
         if checkpoint_interval < 0:
             raise ValueError(f"SpotCheckpoint checkpoint_interval={checkpoint_interval}: expected >= 0 (0 = off)")
         if keep_periodic == 0 or keep_periodic < -1:
             raise ValueError(f"SpotCheckpoint keep_periodic={keep_periodic}: expected -1 (all) or a count >= 1")
+        self.remote: RemoteCheckpointDir | None = None
+        if is_url(dirpath):  # object storage: files go to a local mirror, then the bucket (storage.py)
+            self.remote = RemoteCheckpointDir(str(dirpath))
+            for note in self.remote.hydrate(LATEST_NAME, (WANDB_ID_FILE,)):
+                rank_zero_info(note)
+            dirpath = str(self.remote.local)
         super().__init__(
             dirpath=dirpath,
             filename=Path(BEST_NAME).stem,
@@ -136,6 +138,8 @@ class SpotCheckpoint(ModelCheckpoint):
             self.directory.mkdir(parents=True, exist_ok=True)
             for stale in self.directory.glob(atomic.temp_name_pattern("*.ckpt")):  # left by a process killed mid-write
                 stale.unlink(missing_ok=True)
+            if self.remote is not None and (self.directory / WANDB_ID_FILE).is_file():  # written by the CLI
+                self.remote.upload_small(self.directory / WANDB_ID_FILE)
 
     # -- when to write -------------------------------------------------------------------------------------
     def on_train_batch_end(self, *args, **kwargs) -> None:
@@ -163,6 +167,10 @@ class SpotCheckpoint(ModelCheckpoint):
         self.last_model_path = str(path)
         started = time.perf_counter()
         self._save_checkpoint(trainer, str(path))
+        if self.remote is not None:  # uploaded before anyone reports "saved" or exits 75
+            if trainer.is_global_zero:
+                self.remote.upload(path)
+            trainer.strategy.barrier("SpotCheckpoint.upload")
         if self.verbose:
             rank_zero_info(
                 f"Saved {path} (epoch {trainer.current_epoch}, step {trainer.global_step}) "
@@ -195,6 +203,8 @@ class SpotCheckpoint(ModelCheckpoint):
     def _publish(self, trainer: L.Trainer, source: Path, target: Path) -> None:
         if trainer.is_global_zero:
             atomic.link(source, target)
+            if self.remote is not None:
+                self.remote.copy(source.name, target.name)
         trainer.strategy.barrier("SpotCheckpoint._publish")
 
     def _prune_periodic(self, trainer: L.Trainer) -> None:
@@ -202,3 +212,5 @@ class SpotCheckpoint(ModelCheckpoint):
             return
         for path in periodic_checkpoints(self.directory)[self.keep_periodic :]:
             path.unlink(missing_ok=True)
+        if self.remote is not None:
+            self.remote.prune_periodic(self.keep_periodic)

@@ -1,0 +1,214 @@
+"""SkyPilot task files (parsed by SkyPilot itself), their `run` command executed here on the CPU with SkyPilot's
+variables set, the data staging script and the disk-speed figures of doctor.
+
+Only the cloud is absent: SkyPilot's own parser checks the task files, the `run` command is the one in the YAML,
+S3 is moto's server on 127.0.0.1 (fixture from test_object_store), training is a real CLI process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from resnet_ffcv.callbacks.spot import INTERRUPTED_EXIT_CODE
+from resnet_ffcv.lightning_cli import parse_config_only
+from resnet_ffcv.storage import RemoteCheckpointDir, with_checkpoint_dir
+
+from .helpers import run_cli
+from .spot_support import REPO, write_config
+from .test_object_store import BUCKET, s3_env, spot_callback  # noqa: F401 - s3_env: the fixture
+
+TASKS = sorted((REPO / "sky").glob("*.yaml"))
+REQUIRED = [("DATA_URL", "s3://bucket/imagenet-ffcv"), ("CHECKPOINT_URL", "s3://bucket/checkpoints/run")]
+GPU_OF = {"p4d.24xlarge": "A100", "p3.8xlarge": "V100", "g5.12xlarge": "A10G", "g6.12xlarge": "L4"}
+
+
+SKY_PYTHON = REPO / ".venv-sky" / "bin" / "python"  # `make install` builds it: see tests/sky_load.py
+
+
+def load_task(path: Path, overrides=REQUIRED) -> SimpleNamespace:
+    """The task as SkyPilot parses it (in its own venv); ValueError when SkyPilot refuses it."""
+    result = subprocess.run(
+        [str(SKY_PYTHON), str(REPO / "tests" / "sky_load.py"), str(path), json.dumps(list(overrides))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    fields = json.loads(result.stdout.strip().splitlines()[-1])
+    if "error" in fields:
+        raise ValueError(fields["error"])
+    return SimpleNamespace(**fields)
+
+
+def test_a_task_file_per_instance_config():
+    names = {path.stem for path in TASKS}
+    assert names >= {"p4d_78pct"} | {path.stem for path in (REPO / "configs" / "instances").glob("*.yaml")}
+
+
+@pytest.mark.parametrize("path", TASKS, ids=[path.stem for path in TASKS])
+def test_task_file_parses_and_matches_its_training_config(path):
+    task = load_task(path)
+    assert task.use_spot
+    recovery = task.job_recovery
+    assert recovery["strategy"] in ("EAGER_NEXT_REGION", "FAILOVER")
+    assert recovery["recover_on_exit_codes"] == [INTERRUPTED_EXIT_CODE]  # interrupted: always relaunched
+    assert 0 < recovery["max_restarts_on_errors"] <= 3  # a real failure is not retried forever
+    assert task.run.strip() == "bash sky/run.sh" and task.setup.strip() == "make install"
+    # The GPUs SkyPilot asks for are the ones the training config uses, per node and in nodes.
+    config = parse_config_only([arg for name in task.envs["FIT_CONFIGS"].split() for arg in ("--config", name)])
+    [(gpu, count)] = task.accelerators.items()
+    assert gpu == GPU_OF[task.instance_type]
+    assert count == config.trainer.devices and task.num_nodes == (config.trainer.num_nodes or 1)
+    # The storage it needs is named, and required at launch: no silent default bucket.
+    with pytest.raises(ValueError, match="DATA_URL"):
+        load_task(path, overrides=REQUIRED[1:])
+    assert task.envs["CHECKPOINT_URL"].startswith("s3://")
+
+
+def test_checkpoint_dir_override_replaces_only_the_spot_checkpoint_dir(ffcv_dir, tmp_path):
+    config = yaml.safe_load(with_checkpoint_dir((REPO / "configs" / "p4d_78pct.yaml").read_text(), "s3://b/r"))
+    [spot] = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("SpotCheckpoint")]
+    assert spot["init_args"]["dirpath"] == "s3://b/r" and spot["init_args"]["checkpoint_interval"] == 5
+    with pytest.raises(ValueError, match="SpotCheckpoint"):
+        with_checkpoint_dir("trainer: {callbacks: []}", "s3://b/r")
+
+
+def _run_task(path: Path, env: dict) -> subprocess.Popen:
+    """The task's `run` command as SkyPilot runs it on a one-node cluster: bash, in the workdir, its envs set."""
+    task = load_task(path)
+    full_env = {
+        **os.environ,
+        **task.envs,
+        "SKYPILOT_NODE_IPS": "127.0.0.1",
+        "SKYPILOT_NODE_RANK": "0",
+        "SKYPILOT_NUM_NODES": "1",
+        "SKYPILOT_NUM_GPUS_PER_NODE": "0",
+        "PYTHON": sys.executable,
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    return subprocess.Popen(
+        ["bash", "-c", task.run],
+        cwd=REPO,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_run_command_stages_data_stops_with_75_and_resumes_from_the_bucket(tmp_path, ffcv_dir, s3_env, imds):  # noqa: F811
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.put(str(ffcv_dir) + "/", f"{BUCKET}/data/", recursive=True)
+    config = write_config(tmp_path, ffcv_dir, [spot_callback(imds)])  # the CPU stand-in for configs/p4d_78pct.yaml
+    checkpoint_url = f"s3://{BUCKET}/sky-run"
+    env = {
+        "FIT_CONFIGS": str(config),
+        "DATA_URL": f"s3://{BUCKET}/data",
+        "LOCAL_DATA": str(tmp_path / "local-data"),
+        "CHECKPOINT_URL": checkpoint_url,
+        "RESNET_FFCV_CHECKPOINT_CACHE": str(tmp_path / "first-machine"),
+    }
+    remote = RemoteCheckpointDir(checkpoint_url, cache_dir=tmp_path / "inspect")
+
+    first = _run_task(
+        REPO / "sky" / "p4d_78pct.yaml", {**env, "FIT_ARGS": "--data.batch_size 2 --trainer.max_epochs 50"}
+    )
+    lines: list[str] = []
+    for line in first.stdout:  # SIGTERM once the epoch-0 checkpoint is in the bucket and the handler is armed
+        lines.append(line)
+        if "Armed: SIGTERM/SIGINT" in "".join(lines) and remote.problem("checkpoint_latest.ckpt") is None:
+            os.killpg(first.pid, signal.SIGTERM)  # what SkyPilot's cancel / the OS shutdown sends the job
+            break
+    output = "".join(lines) + first.stdout.read()
+    assert first.wait(timeout=300) == INTERRUPTED_EXIT_CODE, output
+    assert (
+        "copied" in output
+        and (tmp_path / "local-data" / "train.ffcv").stat().st_size == (ffcv_dir / "train.ffcv").stat().st_size
+    )
+    assert f"checkpoints in {checkpoint_url} (object storage)" in output
+    assert "interrupted; checkpoint_latest.ckpt saved" in output
+
+    # The relaunch: SkyPilot reruns the same `run`; the staged data is kept, training resumes from the bucket.
+    env["RESNET_FFCV_CHECKPOINT_CACHE"] = str(tmp_path / "second-machine")
+    second = _run_task(
+        REPO / "sky" / "p4d_78pct.yaml", {**env, "FIT_ARGS": "--data.batch_size 2 --trainer.max_epochs 2"}
+    )
+    output, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, output
+    assert "already holds this dataset" in output
+    assert f"Resuming from {tmp_path / 'second-machine'}" in output
+    assert remote.problem("checkpoint_epoch_2.ckpt") is None
+
+
+# -- data staging -----------------------------------------------------------------------------------------------
+def _stage(source, dest) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "stage_data.py"), str(source), str(dest), "--chunk_mb", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_stage_data_copies_verifies_and_skips_a_complete_copy(tmp_path, ffcv_dir):
+    dest = tmp_path / "local"
+    first = _stage(ffcv_dir, dest)
+    assert first.returncode == 0, first.stderr
+    for name in ("train.ffcv", "val.ffcv", "classes.json", "manifest.json"):
+        assert (dest / name).read_bytes() == (ffcv_dir / name).read_bytes()
+    again = _stage(ffcv_dir, dest)
+    assert again.returncode == 0 and "nothing copied" in again.stderr
+
+    # A local file cut short (a copy killed before the rename cannot do this, a full disk can): copied again.
+    with open(dest / "train.ffcv", "r+b") as f:
+        f.truncate(100)
+    repaired = _stage(ffcv_dir, dest)
+    assert repaired.returncode == 0 and "copied" in repaired.stderr
+    assert (dest / "train.ffcv").read_bytes() == (ffcv_dir / "train.ffcv").read_bytes()
+
+    # A source whose file does not match its manifest: refused, naming the file.
+    broken = tmp_path / "broken"
+    shutil.copytree(ffcv_dir, broken)
+    with open(broken / "val.ffcv", "ab") as f:
+        f.write(b"extra")
+    refused = _stage(broken, tmp_path / "other")
+    assert refused.returncode == 2 and "val.ffcv" in refused.stderr and "manifest.json records" in refused.stderr
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(ffcv_dir, incomplete)
+    manifest = json.loads((incomplete / "manifest.json").read_text())
+    (incomplete / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    assert "not written to the end" in _stage(incomplete, tmp_path / "third").stderr
+
+
+# -- disk speed ---------------------------------------------------------------------------------------------------
+def test_doctor_reports_the_read_speed_and_the_first_epoch_read_time(tmp_path, ffcv_dir):
+    config = write_config(tmp_path, ffcv_dir)
+    result = run_cli("doctor", "--config", str(config))
+    line = next(line for line in result.stdout.splitlines() if "data read speed" in line)
+    assert line.startswith("[PASS]") and " MB/s (" in line and "min in the first epoch" in line, result.stdout
+
+
+def test_disk_read_adds_to_the_plan_when_slower_than_compute(tmp_path):
+    from resnet_ffcv import disk_speed
+
+    path = tmp_path / "train.ffcv"
+    path.write_bytes(os.urandom(4 << 20))
+    speed = disk_speed.measure_read_speed(path)
+    assert speed.bytes_read == 4 << 20 and speed.full_read_seconds > 0
+    extra, note = disk_speed.extra_seconds(path, [0.0, 0.0])  # compute that takes no time: the disk is all
+    assert extra > 0 and "adds" in note
+    assert disk_speed.extra_seconds(path, [1e6, 1e6])[0] == 0  # compute slower than the disk: nothing added
