@@ -148,3 +148,29 @@ def test_registry_is_the_list_of_names_a_config_accepts():
     assert tuple(SCHEDULES) == ("onecycle", "linear_warmup_cosine", "triangular", "cosine", "step", "constant")
     assert Schedule("linear_warmup_cosine", warmup_epochs=8)(4.0, 60) == linear_warmup_cosine(4.0, 60, 8)
     assert Schedule("cosine", warmup_epochs=2, min_ratio=0.1)(7.3, 10) == cosine(7.3, 10, 2, 0.1)
+
+
+@pytest.mark.parametrize(("clip", "share"), [(1e-6, 1.0), (1e6, 0.0)])
+def test_grad_norm_and_clipped_share_logged_on_logging_steps(tmp_path, clip, share):
+    """Clipping at ``gradient_clip_val`` cuts the LR of every step whose norm exceeds it: both are logged."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from resnet_ffcv.model import ImageClassifier
+    from resnet_ffcv.throughput import RepeatedBatches, synthetic_batch
+
+    from .helpers import quiet_trainer
+
+    torch.manual_seed(0)
+    module = ImageClassifier(arch="resnet18", num_classes=10, blurpool=False, use_ema=False)
+    logger = CSVLogger(tmp_path, name="run", version=0)
+    trainer = quiet_trainer(
+        max_steps=6, logger=logger, log_every_n_steps=2, gradient_clip_val=clip, limit_val_batches=0
+    )
+    trainer.fit(module, RepeatedBatches(synthetic_batch(2, 32, 10, torch.device("cpu")), 6))
+    with open(tmp_path / "run" / "version_0" / "metrics.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row["train/grad_norm"]]
+    assert [int(row["step"]) for row in rows] == [1, 3, 5]  # every log_every_n_steps, not every step
+    assert all(float(row["train/grad_norm"]) > 0 for row in rows)
+    assert [float(row["train/clipped_share"]) for row in rows] == [share] * 3
