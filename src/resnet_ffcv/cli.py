@@ -211,6 +211,12 @@ def make_synthetic_command(argv: list[str]) -> None:
     auto_cli(make_synthetic_imagefolder, args=argv, as_positional=False, prog="resnet-ffcv make-synthetic")
 
 
+def evaluate_command(argv: list[str]) -> None:
+    from resnet_ffcv.evaluate import evaluate_command as run_evaluate
+
+    run_evaluate(argv)
+
+
 def inspect_dataset_command(argv: list[str]) -> None:
     from resnet_ffcv.inspect_dataset import inspect_dataset
 
@@ -225,6 +231,7 @@ TOOLS: dict[str, Callable[[list[str]], None]] = {
     "doctor": doctor_command,
     "export": export_command,
     "plan": plan_command,
+    "evaluate": evaluate_command,
 }
 
 
