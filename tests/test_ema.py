@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from resnet_ffcv.ema import EMA
+from resnet_ffcv.ema import EMA, decay_for_half_life
 
 
 def small_net() -> nn.Module:
@@ -84,3 +84,57 @@ def test_update_reads_nothing_back_from_the_device(monkeypatch):
     ema.update_parameters(net)
     torch.testing.assert_close(next(iter(ema.module.parameters())), next(iter(net.parameters())))
     assert ema.n_averaged.item() == 1
+
+
+def test_half_life_in_epochs_gives_the_per_step_decay():
+    # After half_life * steps updates an old iterate's weight has halved, whatever the step count per epoch.
+    for steps in (625, 1251):  # p4d (batch 2048) and g5 (batch 1024) on ImageNet: the same 2-epoch horizon
+        decay = decay_for_half_life(2.0, steps)
+        assert decay ** (2 * steps) == pytest.approx(0.5)
+    assert decay_for_half_life(1.0, 4) == pytest.approx(0.5**0.25)
+    with pytest.raises(ValueError, match="model.ema_half_life_epochs=0"):
+        decay_for_half_life(0, 100)
+    with pytest.raises(ValueError, match="set model.ema_decay"):
+        decay_for_half_life(2.0, float("inf"))
+
+
+def test_set_decay_changes_the_blend():
+    torch.manual_seed(0)
+    net = small_net()
+    net(torch.randn(2, 3, 6, 6))
+    ema = EMA(net, decay=0.9)
+    ema.update_parameters(net)
+    ema.set_decay(0.25)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(4.0)
+    ema.update_parameters(net)
+    first = next(iter(ema.module.parameters()))
+    torch.testing.assert_close(first, next(iter(net.parameters())) - 0.25 * 4.0)
+
+
+@pytest.mark.parametrize(("accumulate", "expected_steps"), [(1, 6), (4, 2)])
+def test_model_sets_the_decay_from_the_steps_of_the_epoch(accumulate, expected_steps):
+    """A real fit: 6 batches per epoch (2 optimizer steps with accumulation 4, the last batch stepping too)."""
+    from resnet_ffcv.model import ImageClassifier
+    from resnet_ffcv.throughput import RepeatedBatches, synthetic_batch
+
+    from .helpers import quiet_trainer
+
+    module = ImageClassifier(arch="resnet18", num_classes=10, blurpool=False, ema_half_life_epochs=0.5)
+    trainer = quiet_trainer(max_epochs=1, accumulate_grad_batches=accumulate, limit_val_batches=0)
+    trainer.fit(module, RepeatedBatches(synthetic_batch(2, 32, 10, torch.device("cpu")), 6))
+    assert module.ema.decay == pytest.approx(0.5 ** (1 / (0.5 * expected_steps)))
+    assert module.ema.n_averaged.item() == expected_steps
+
+
+def test_decay_and_half_life_are_exclusive_and_named():
+    from resnet_ffcv.model import DEFAULT_EMA_HALF_LIFE_EPOCHS, ImageClassifier
+
+    with pytest.raises(ValueError, match=r"model.ema_decay=0.9998 and model.ema_half_life_epochs=2"):
+        ImageClassifier(arch="resnet18", num_classes=3, ema_decay=0.9998, ema_half_life_epochs=2)
+    with pytest.raises(ValueError, match="model.ema_half_life_epochs=-1"):
+        ImageClassifier(arch="resnet18", num_classes=3, ema_half_life_epochs=-1)
+    fixed = ImageClassifier(arch="resnet18", num_classes=3, ema_decay=0.99)
+    assert fixed.ema.decay == 0.99
+    assert DEFAULT_EMA_HALF_LIFE_EPOCHS == 2.0

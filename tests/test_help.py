@@ -21,6 +21,7 @@ EVERY_SUBCOMMAND = (
     "make-synthetic",
     "inspect-dataset",
     "doctor",
+    "evaluate",
     "export",
     "plan",
 )

@@ -79,7 +79,7 @@ def test_spot_notice_and_sigterm_save_mid_epoch_and_exit_75(tmp_path, ffcv_dir, 
     epoch, batch = resumed["epoch"], batches_done_in_epoch(resumed)
     assert resumed["global_step"] == epoch * STEPS_PER_EPOCH + batch
     # The LR of the last step follows the fractional-epoch schedule: batch indices continued after the resume.
-    expected_lr = LR * Schedule("onecycle", WARMUP)(epoch + (batch - 1) / STEPS_PER_EPOCH, MAX_EPOCHS)
+    expected_lr = LR * Schedule("onecycle", WARMUP)(epoch + (batch - 1) / STEPS_PER_EPOCH, MAX_EPOCHS, STEPS_PER_EPOCH)
     assert resumed["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(expected_lr)
 
 

@@ -45,6 +45,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "resnet_ffcv.doctor:doctor",
         own_parser=True,
     ),
+    "evaluate": Subcommand(
+        "top-1/top-5 of a checkpoint, raw and EMA, at several resolutions, crops, with and without flip TTA",
+        "resnet_ffcv.evaluate:evaluate_command",
+        own_parser=True,
+    ),
     "export": Subcommand("checkpoint -> torchvision state_dict or TorchScript", "resnet_ffcv.export:export"),
     "plan": Subcommand(
         "measured images/s per resolution stage -> epoch times, total time and cost",

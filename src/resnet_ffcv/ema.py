@@ -16,6 +16,8 @@ reports no raw-weight metric; the module keeps this copy itself to report both.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -34,12 +36,17 @@ class EMA(AveragedModel):
     """
 
     def __init__(self, network: nn.Module, decay: float = 0.9998):
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"model.ema_decay={decay}: expected a value in [0, 1)")
+        _check_decay(decay)
         super().__init__(network, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
         self.decay = decay
         self.requires_grad_(False)
         self._host_updates: int | None = None  # mirrors n_averaged; None: read it from the buffer once
+
+    def set_decay(self, decay: float) -> None:
+        """A new per-step decay from the next update on (a horizon in epochs gives one per steps-per-epoch)."""
+        _check_decay(decay)
+        self.decay = decay
+        self.multi_avg_fn = get_ema_multi_avg_fn(decay)
 
     @torch.no_grad()
     def update_parameters(self, model: nn.Module) -> None:
@@ -67,3 +74,22 @@ class EMA(AveragedModel):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._host_updates = None  # n_averaged may have changed: read it again at the next update
+
+
+def _check_decay(decay: float) -> None:
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"model.ema_decay={decay}: expected a value in [0, 1)")
+
+
+def decay_for_half_life(half_life_epochs: float, steps_per_epoch: float) -> float:
+    """The per-step decay whose half-life is ``half_life_epochs`` epochs of ``steps_per_epoch`` optimizer steps:
+    ``0.5 ** (1 / (half_life_epochs * steps_per_epoch))``. An iterate ``t`` epochs old then carries
+    ``2 ** (-t / half_life_epochs)`` of the average, whatever the batch size and dataset size."""
+    if half_life_epochs <= 0:
+        raise ValueError(f"model.ema_half_life_epochs={half_life_epochs}: expected > 0 (epochs)")
+    if not 0 < steps_per_epoch < math.inf:
+        raise ValueError(
+            f"model.ema_half_life_epochs={half_life_epochs}: needs a training loader with a length "
+            f"(steps per epoch: {steps_per_epoch}); set model.ema_decay (per step) instead"
+        )
+    return 0.5 ** (1.0 / (half_life_epochs * steps_per_epoch))

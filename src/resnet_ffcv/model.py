@@ -9,19 +9,29 @@ top-1/top-5 validation of both the raw and the EMA weights. Mixed precision is t
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from torch.utils.data import DistributedSampler
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from resnet_ffcv.callbacks.validation_schedule import ValidationSchedule
 from resnet_ffcv.compile_plan import CompiledNetworks, CompileMode, plan_for_trainer
-from resnet_ffcv.ema import EMA
+from resnet_ffcv.ema import EMA, decay_for_half_life
 from resnet_ffcv.mixing import MixPolicy
 from resnet_ffcv.networks import build_network
 from resnet_ffcv.schedules import Schedule, ScheduleName
+
+# The EMA horizon when neither model.ema_half_life_epochs nor model.ema_decay is set (docs/recipe.md: why 2).
+DEFAULT_EMA_HALF_LIFE_EPOCHS = 2.0
+
+ValWeights = Literal["both", "ema", "raw"]
 
 # ImageNet statistics on the 0-255 scale: FFCV hands over uint8 images.
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -55,8 +65,12 @@ def real_samples_on_rank(total: int, world_size: int, rank: int) -> int:
     return len(range(rank, total, world_size))
 
 
-def _check_arguments(lr_reference_batch: int | None, predict_top_k: int, label_smoothing: float) -> None:
+def _check_arguments(
+    lr_reference_batch: int | None, predict_top_k: int, label_smoothing: float, val_last_epochs: int
+) -> None:
     """The ``model.*`` values no other part checks (schedule, mixing, EMA and network check their own)."""
+    if val_last_epochs < 0:
+        raise ValueError(f"model.val_last_epochs={val_last_epochs}: expected >= 0 (0: every_n_epochs alone)")
     if lr_reference_batch is not None and lr_reference_batch <= 0:
         raise ValueError(f"model.lr_reference_batch={lr_reference_batch}: expected a positive batch size or null")
     if predict_top_k < 1:
@@ -65,13 +79,34 @@ def _check_arguments(lr_reference_batch: int | None, predict_top_k: int, label_s
         raise ValueError(f"model.label_smoothing={label_smoothing}: expected a value in [0, 1)")
 
 
-def eval_metrics(num_classes: int, with_ema: bool) -> nn.ModuleDict:
+def _check_ema(
+    use_ema: bool, ema_decay: float | None, ema_half_life_epochs: float | None, val_weights: ValWeights
+) -> None:
+    if ema_decay is not None and ema_half_life_epochs is not None:
+        raise ValueError(
+            f"model.ema_decay={ema_decay} and model.ema_half_life_epochs={ema_half_life_epochs}: set one of them "
+            "(the horizon in epochs, or the decay per optimizer step) and the other to null"
+        )
+    if ema_half_life_epochs is not None and ema_half_life_epochs <= 0:
+        raise ValueError(f"model.ema_half_life_epochs={ema_half_life_epochs}: expected > 0 (epochs)")
+    if val_weights == "ema" and not use_ema:
+        raise ValueError("model.val_weights='ema' with model.use_ema=false: there are no EMA weights to validate")
+
+
+def eval_suffixes(with_ema: bool, val_weights: ValWeights = "both") -> list[str]:
+    """Metric name suffixes of the weights validated: ``""`` for the raw weights, ``"_ema"`` for the EMA."""
+    if not with_ema:
+        return [""]
+    return {"both": ["", "_ema"], "ema": ["_ema"], "raw": [""]}[val_weights]
+
+
+def eval_metrics(num_classes: int, with_ema: bool, val_weights: ValWeights = "both") -> nn.ModuleDict:
     """``acc1``, ``acc5`` and ``loss`` for the raw weights, and the same with ``_ema`` for the EMA weights.
 
     Top-5 becomes top-``num_classes`` below 5 classes (torchmetrics refuses ``top_k > num_classes``).
     """
     top_k = min(5, num_classes)
-    suffixes = ["", "_ema"] if with_ema else [""]
+    suffixes = eval_suffixes(with_ema, val_weights)
     return nn.ModuleDict(
         {
             f"{name}{suffix}": metric
@@ -97,20 +132,25 @@ class ImageClassifier(L.LightningModule):
             LR is ``lr * global_batch / lr_reference_batch`` (``lr: 0.1`` with ``256`` gives 0.8 at 2048).
             The global batch is the size of the current training batch tensor (per device) times
             ``trainer.world_size``, so it follows batch-size changes between resolution stages.
-        momentum: SGD momentum.
+        momentum: SGD momentum (unused while ``cycle_momentum`` sets it every step).
         nesterov: Nesterov momentum.
         weight_decay: SGD weight decay (L2).
         no_decay_bn_bias: exempt every BatchNorm parameter and every bias from weight decay (FFCV's recipe).
         label_smoothing: cross-entropy label smoothing, applied once (to the mixed targets when mixing).
-        scheduler: LR shape over fractional epochs, ending at ``trainer.max_epochs`` (exact formulas in
-            ``schedules.py``): ``onecycle`` (linear warmup from lr/25 over ``warmup_epochs``, then a half
-            cosine to lr/25e4), ``triangular`` (FFCV: linear ~0 -> lr at ``lr_peak_epoch`` -> 0),
-            ``cosine`` (linear warmup from 0, half cosine to ``lr * min_lr_ratio``), ``step`` (warmup, then
-            times ``step_gamma`` at each of ``step_milestones``), ``constant``.
-        warmup_epochs: warmup length in epochs (onecycle, cosine, step).
+        scheduler: LR shape over fractional epochs, ending at ``trainer.max_epochs`` (exact formulas and their
+            references in ``schedules.py``): ``onecycle`` (torch's OneCycleLR stepped per iteration: cosine
+            warmup from lr/25 over ``warmup_epochs``, cosine anneal to lr/25e4), ``linear_warmup_cosine``
+            (the same end points with a linear warmup), ``triangular`` (FFCV's cyclic: ~0 -> lr at
+            ``lr_peak_epoch`` -> 0), ``cosine`` (linear warmup from 0, half cosine to ``lr * min_lr_ratio``),
+            ``step`` (FFCV's: times ``step_gamma`` at each of ``step_milestones``, spread over the epoch before
+            each, down to 0 in the last epoch; no warmup), ``constant``.
+        cycle_momentum: with ``onecycle``, OneCycleLR's momentum cycle, set on SGD every step: 0.95 -> 0.85 over
+            the warmup, back to 0.95 at the end (``momentum`` is then unused).
+        warmup_epochs: warmup length in epochs (onecycle, linear_warmup_cosine, cosine).
         lr_peak_epoch: epoch of the peak for ``triangular`` (FFCV uses 2).
         min_lr_ratio: final LR / peak LR for ``cosine``.
-        step_milestones: epochs at which ``step`` multiplies the LR by ``step_gamma``.
+        step_milestones: epochs at which ``step`` has multiplied the LR by ``step_gamma`` (FFCV's step_length 30:
+            30, 60, 90).
         step_gamma: factor applied at each step milestone.
         cutmix_prob: chance that a training batch gets CutMix (0 disables it).
         mixup_alpha: MixUp's Beta(alpha, alpha) parameter; batches without CutMix get MixUp when > 0.
@@ -119,8 +159,12 @@ class ImageClassifier(L.LightningModule):
         use_ema: keep an EMA copy of the weights, validated alongside (``val/acc1_ema``) and checkpointed.
             Which one picks the best checkpoint or stops at a target is the ``monitor`` of ModelCheckpoint /
             EarlyStopping: ``val/acc1`` or ``val/acc1_ema``.
-        ema_decay: EMA decay per optimizer step (half-life ``ln 2 / (1 - decay)`` steps: 0.9998 -> 3466
-            steps, about 5.5 epochs of ImageNet at batch 2048).
+        ema_half_life_epochs: EMA horizon in epochs: the per-step decay is set at each training epoch's start
+            from the steps in that epoch (``0.5 ** (1 / (half_life * steps))``), so the horizon holds at any
+            batch size, GPU count or dataset size. Null with ``ema_decay`` null: 2 epochs.
+        ema_decay: EMA decay per optimizer step, for a fixed step count instead (half-life ``ln 2 / (1 - decay)``
+            steps: 0.9998 -> 3466 steps, 5.5 ImageNet epochs at batch 2048 but 2.8 at 1024). At most one of
+            ``ema_decay`` and ``ema_half_life_epochs`` may be set.
         blurpool: blur before every strided convolution past the stem (FFCV's ResNet-50 recipe).
         zero_init_residual: zero the last BatchNorm gamma of every residual block (blocks start as identity).
         channels_last: NHWC memory format for the network and its inputs (faster convolutions on GPUs).
@@ -132,11 +176,17 @@ class ImageClassifier(L.LightningModule):
             ``reduce-overhead`` adds CUDA graphs (launch overhead, small at ResNet-50's batch 256).
         compile_backend: ``torch.compile`` backend; tests use ``aot_eager`` (same graphs, seconds per compile).
         val_flip_tta: validate on the sum of the logits of each image and its horizontal flip (as FFCV).
+        val_weights: which weights validation evaluates: ``both`` (``val/acc1`` and ``val/acc1_ema``), ``ema``
+            or ``raw`` (each validation costs one pass per network, two with ``val_flip_tta``).
+        val_last_epochs: the last epochs that always validate, whatever ``trainer.check_val_every_n_epoch`` says
+            (``callbacks/validation_schedule.py``); every validation logs ``val/seconds``.
         predict_with_ema: ``resnet-ffcv predict`` uses the EMA weights when the module keeps them (``use_ema``),
             else the raw ones; the EMA weights usually score higher (compare ``val/acc1_ema``).
         predict_top_k: classes (with probabilities) returned per image by ``predict_step``.
 
-    Gradient clipping is the Trainer's ``gradient_clip_val``; mixed precision the Trainer's ``precision``.
+    Gradient clipping is the Trainer's ``gradient_clip_val``; mixed precision the Trainer's ``precision``. The
+    global gradient norm before clipping (``train/grad_norm``) and the share of steps it exceeded the clip value
+    since the last log (``train/clipped_share``) are logged every ``log_every_n_steps``.
     """
 
     # Read by Lightning's ThroughputMonitor for FLOP/s and MFU; None: it logs images/s only (docs/performance.md
@@ -155,6 +205,7 @@ class ImageClassifier(L.LightningModule):
         no_decay_bn_bias: bool = True,
         label_smoothing: float = 0.1,
         scheduler: ScheduleName = "onecycle",
+        cycle_momentum: bool = False,
         warmup_epochs: float = 8,
         lr_peak_epoch: float = 2,
         min_lr_ratio: float = 0.0,
@@ -165,7 +216,8 @@ class ImageClassifier(L.LightningModule):
         cutmix_alpha: float = 1.0,
         mix_stop_epoch: int | None = None,
         use_ema: bool = True,
-        ema_decay: float = 0.9998,
+        ema_half_life_epochs: float | None = None,
+        ema_decay: float | None = None,
         blurpool: bool = True,
         zero_init_residual: bool = False,
         channels_last: bool = True,
@@ -173,12 +225,15 @@ class ImageClassifier(L.LightningModule):
         compile_mode: CompileMode = "default",
         compile_backend: str = "inductor",
         val_flip_tta: bool = False,
+        val_weights: ValWeights = "both",
+        val_last_epochs: int = 1,
         predict_with_ema: bool = True,
         predict_top_k: int = 5,
     ):
         super().__init__()
         self.save_hyperparameters()  # every argument above, unchanged: checkpoints rebuild the module from them
-        _check_arguments(lr_reference_batch, predict_top_k, label_smoothing)
+        _check_arguments(lr_reference_batch, predict_top_k, label_smoothing, val_last_epochs)
+        _check_ema(use_ema, ema_decay, ema_half_life_epochs, val_weights)
         self.schedule = Schedule(
             name=scheduler,
             warmup_epochs=warmup_epochs,
@@ -186,11 +241,13 @@ class ImageClassifier(L.LightningModule):
             min_ratio=min_lr_ratio,
             milestones=tuple(step_milestones),
             gamma=step_gamma,
+            cycle_momentum=cycle_momentum,
         )
         self.mix = MixPolicy(num_classes, cutmix_prob, mixup_alpha, cutmix_alpha, mix_stop_epoch)
         self.network = build_network(arch, num_classes, blurpool, zero_init_residual, channels_last)
         # A registered submodule: moved with the module and saved in its state_dict (so in every checkpoint).
-        self.ema = EMA(self.network, ema_decay) if use_ema else None
+        # With a horizon in epochs the decay is set when training starts (on_train_epoch_start): 0.9998 until then.
+        self.ema = EMA(self.network, 0.9998 if ema_decay is None else ema_decay) if use_ema else None
         # Every forward pass of the network and the EMA copy goes through this when compiled (see _run).
         self._compiled: CompiledNetworks | None = None
         if compile:
@@ -198,8 +255,12 @@ class ImageClassifier(L.LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.eval_metrics = eval_metrics(num_classes, with_ema=use_ema)
+        self.eval_metrics = eval_metrics(num_classes, with_ema=use_ema, val_weights=val_weights)
         self._eval_seen = 0
+        self._batch_idx = 0
+        self._grad_norm: torch.Tensor | None = None
+        self._clipped_steps: torch.Tensor | None = None  # on the device: summed without a host read
+        self._norm_steps = 0
 
     def _compile(self, mode: CompileMode, backend: str) -> None:
         """``torch.compile`` in place (``Module.compile``): the state-dict keys stay those of the plain network."""
@@ -222,10 +283,6 @@ class ImageClassifier(L.LightningModule):
     def teardown(self, stage: str) -> None:
         if self._compiled is not None:
             self._compiled.restore()
-
-    def on_train_epoch_start(self) -> None:
-        if self._compiled is not None:
-            self._compiled.start_epoch(training=True)
 
     def on_predict_epoch_start(self) -> None:
         if self._compiled is not None:
@@ -265,16 +322,53 @@ class ImageClassifier(L.LightningModule):
         reference = self.hparams.lr_reference_batch
         return self.hparams.lr if reference is None else self.hparams.lr * global_batch / reference
 
+    def steps_per_epoch(self) -> float | None:
+        """Optimizer steps in this training epoch (None when the loader has no length)."""
+        batches = self.trainer.num_training_batches
+        if not 0 < batches < float("inf"):
+            return None
+        return math.ceil(batches / self.trainer.accumulate_grad_batches)
+
     def lr_at(self, epoch: float, global_batch: int) -> float:
-        return self.peak_lr(global_batch) * self.schedule(epoch, self.schedule_epochs())
+        return self.peak_lr(global_batch) * self.schedule(epoch, self.schedule_epochs(), self.steps_per_epoch())
+
+    def on_train_epoch_start(self) -> None:
+        if self._compiled is not None:
+            self._compiled.start_epoch(training=True)
+        self._set_ema_decay()
+
+    def _set_ema_decay(self) -> None:
+        """Sets the EMA decay from its horizon in epochs and this epoch's step count (stages may change it)."""
+        half_life = self.hparams.ema_half_life_epochs
+        if self.ema is None or self.hparams.ema_decay is not None:
+            return
+        half_life = DEFAULT_EMA_HALF_LIFE_EPOCHS if half_life is None else half_life
+        steps = self.steps_per_epoch()
+        decay = decay_for_half_life(half_life, steps if steps is not None else float("inf"))
+        if decay != self.ema.decay:
+            self.ema.set_decay(decay)
+            rank_zero_info(
+                f"EMA: half-life {half_life:g} epochs x {steps} optimizer steps per epoch "
+                f"(global batch {self._global_batch_size()}) -> decay {decay:.6f} per step"
+            )
+
+    def _global_batch_size(self) -> str:
+        loader = self.trainer.train_dataloader
+        batch_size = getattr(loader, "batch_size", None)
+        return "?" if batch_size is None else str(batch_size * self.trainer.world_size)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # FFCV's distributed sampler gives every rank the same number of samples, so every rank computes the
         # same global batch (and LR) even for a last, smaller batch.
         global_batch = batch[0].shape[0] * self.trainer.world_size
-        lr = self.lr_at(self.fractional_epoch(batch_idx), global_batch)
+        epoch = self.fractional_epoch(batch_idx)
+        lr = self.lr_at(epoch, global_batch)
+        momentum = self.schedule.momentum(epoch, self.schedule_epochs(), self.steps_per_epoch())
         for group in self.trainer.optimizers[0].param_groups:
             group["lr"] = lr
+            if momentum is not None:
+                group["momentum"] = momentum
+        self._batch_idx = batch_idx
         if self._reaches_loggers(batch_idx):
             # A host tensor: self.log would turn a float into ``torch.tensor(lr, device=cuda)``, a blocking
             # host->device copy that synchronizes the stream.
@@ -307,6 +401,27 @@ class ImageClassifier(L.LightningModule):
         # a device->host sync per step. Loggers read it every ``trainer.log_every_n_steps`` steps.
         self.log("train/loss", loss, on_step=True, on_epoch=True)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The global gradient norm (what ``gradient_clip_val`` is compared to; Lightning calls this after
+        unscaling and before clipping) as a device tensor, and whether it was clipped, summed on the device.
+        Both are read on the host only on logging steps: a per-step ``.item()`` would stall the GPU queue."""
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads)
+        clip = self.trainer.gradient_clip_val
+        clipping = bool(clip) and self.trainer.gradient_clip_algorithm in (None, "norm")
+        if clipping:
+            clipped = (norm > clip).to(torch.float32)
+            self._clipped_steps = clipped if self._clipped_steps is None else self._clipped_steps + clipped
+        self._norm_steps += 1
+        if self._reaches_loggers(self._batch_idx):
+            self.log("train/grad_norm", norm.detach().float(), on_step=True, on_epoch=False)
+            if clipping:
+                share = self._clipped_steps / self._norm_steps  # a new tensor: the logged one is never mutated
+                self.log("train/clipped_share", share, on_step=True, on_epoch=False)
+            self._clipped_steps, self._norm_steps = None, 0
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -376,7 +491,10 @@ class ImageClassifier(L.LightningModule):
             return
         images, labels = images[:count], labels[:count]
         inputs = self.normalize(images)
-        networks = {"": self.network} | ({"_ema": self.ema.module} if self.ema is not None else {})
+        all_networks = {"": self.network} | ({"_ema": self.ema.module} if self.ema is not None else {})
+        networks = {
+            suffix: all_networks[suffix] for suffix in eval_suffixes(self.ema is not None, self.hparams.val_weights)
+        }
         for suffix, network in networks.items():
             logits = self._logits(network, inputs)
             # The loss of the averaged logits: the same predictions as FFCV's sum, on the usual scale.
@@ -404,6 +522,10 @@ class ImageClassifier(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "test")
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The validation schedule (its keys are ``model.val_*``, so configs compose them key by key)."""
+        return [ValidationSchedule(self.hparams.val_last_epochs)]
 
     @property
     def predict_network(self) -> nn.Module:

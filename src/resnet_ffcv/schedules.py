@@ -5,6 +5,15 @@ between resolution stages, and after a resume in the middle of an epoch. Each fu
 that multiplies the peak LR. ``SCHEDULES`` maps each ``model.scheduler`` name to its shape; the names a config
 may use (``ScheduleName``) are derived from it, so a new shape is one function and one registry entry.
 ``Schedule`` holds the knobs and looks the shape up by name.
+
+Each shape is named for what it is and reproduces its reference exactly (``tests/test_schedules.py`` checks):
+
+- ``onecycle``: ``torch.optim.lr_scheduler.OneCycleLR`` (two-phase, ``anneal_strategy="cos"``) stepped once per
+  optimizer step, with ``pct_start = warmup_epochs / max_epochs``; optionally its momentum cycle too.
+- ``linear_warmup_cosine``: what this project called ``onecycle`` before: linear (not cosine) warmup from
+  lr/25, half cosine to lr/25e4, momentum fixed.
+- ``triangular`` and ``step``: ffcv-imagenet's ``get_cyclic_lr`` and ``get_step_lr`` (train_imagenet.py),
+  evaluated at integer epochs and interpolated linearly within each epoch as its ``train_loop`` does.
 """
 
 from __future__ import annotations
@@ -16,25 +25,62 @@ from typing import Literal
 
 import numpy as np
 
-# torch.optim.lr_scheduler.OneCycleLR's defaults: start at peak / 25, end at peak / (25 * 1e4).
+# torch.optim.lr_scheduler.OneCycleLR's defaults: start at peak / 25, end at peak / (25 * 1e4); momentum cycles
+# between max_momentum 0.95 (at the start and the end) and base_momentum 0.85 (at the peak LR).
 ONECYCLE_DIV_FACTOR = 25.0
 ONECYCLE_FINAL_DIV_FACTOR = 1e4
+ONECYCLE_MAX_MOMENTUM = 0.95
+ONECYCLE_BASE_MOMENTUM = 0.85
 # FFCV's get_cyclic_lr starts at 1e-4 * lr rather than exactly 0.
 TRIANGULAR_START = 1e-4
 
 
 def _half_cosine(progress: float, start: float, end: float) -> float:
+    """``OneCycleLR._annealing_cos``: ``start`` at progress 0, ``end`` at 1 (clamped to [0, 1])."""
     progress = min(1.0, max(0.0, progress))
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def onecycle(epoch: float, max_epochs: float, warmup_epochs: float) -> float:
-    """Warmup then cosine annealing, shaped like ``torch.optim.lr_scheduler.OneCycleLR`` but on epochs.
+def _onecycle_phase(epoch: float, max_epochs: float, warmup_epochs: float, steps_per_epoch: float | None):
+    """(phase, progress in it) exactly as OneCycleLR.get_lr finds them at step ``epoch * steps_per_epoch``.
 
-    Exactly: with ``lo = 1/25`` and ``end = 1/(25 * 1e4)`` (OneCycleLR's ``div_factor`` and
-    ``final_div_factor``), the factor rises linearly from ``lo`` at epoch 0 to 1 at ``warmup_epochs``, then
-    falls along a half cosine from 1 to ``end`` (4e-6, "about 0") at ``max_epochs``, and stays there.
+    OneCycleLR ends its warmup at step ``pct_start * total_steps - 1`` and its anneal at ``total_steps - 1``:
+    one step before the epoch boundaries. In epochs that is ``1 / steps_per_epoch`` earlier (0 when unknown).
     """
+    offset = 1.0 / steps_per_epoch if steps_per_epoch else 0.0
+    warm_end, end = warmup_epochs - offset, max_epochs - offset
+    if warm_end > 0 and epoch <= warm_end:
+        return 0, epoch / warm_end
+    return 1, (epoch - warm_end) / max(1e-12, end - warm_end)  # pct_start 0: warmup "ends" at step -1
+
+
+def onecycle(epoch: float, max_epochs: float, warmup_epochs: float, steps_per_epoch: float | None = None) -> float:
+    """``torch.optim.lr_scheduler.OneCycleLR``'s LR factor (cosine warmup and anneal, two phases).
+
+    Half cosine from 1/25 to 1 over ``warmup_epochs``, then half cosine from 1 to 1/(25 * 1e4) at ``max_epochs``;
+    with ``steps_per_epoch`` it equals OneCycleLR stepped per iteration (``pct_start = warmup / max_epochs``).
+    Past ``max_epochs`` it stays at the end value (OneCycleLR would raise).
+    """
+    lo = 1.0 / ONECYCLE_DIV_FACTOR
+    phase, progress = _onecycle_phase(epoch, max_epochs, warmup_epochs, steps_per_epoch)
+    if phase == 0:
+        return _half_cosine(progress, lo, 1.0)
+    return _half_cosine(progress, 1.0, lo / ONECYCLE_FINAL_DIV_FACTOR)
+
+
+def onecycle_momentum(
+    epoch: float, max_epochs: float, warmup_epochs: float, steps_per_epoch: float | None = None
+) -> float:
+    """OneCycleLR's ``cycle_momentum``: 0.95 -> 0.85 over the warmup (as the LR rises), 0.85 -> 0.95 after."""
+    phase, progress = _onecycle_phase(epoch, max_epochs, warmup_epochs, steps_per_epoch)
+    if phase == 0:
+        return _half_cosine(progress, ONECYCLE_MAX_MOMENTUM, ONECYCLE_BASE_MOMENTUM)
+    return _half_cosine(progress, ONECYCLE_BASE_MOMENTUM, ONECYCLE_MAX_MOMENTUM)
+
+
+def linear_warmup_cosine(epoch: float, max_epochs: float, warmup_epochs: float) -> float:
+    """Linear warmup from 1/25 to 1 over ``warmup_epochs``, then a half cosine from 1 to 1/(25 * 1e4) (4e-6,
+    "about 0") at ``max_epochs``, and there after. OneCycleLR's end points with a linear warmup; fixed momentum."""
     lo = 1.0 / ONECYCLE_DIV_FACTOR
     end = lo / ONECYCLE_FINAL_DIV_FACTOR
     if epoch < warmup_epochs:
@@ -42,11 +88,22 @@ def onecycle(epoch: float, max_epochs: float, warmup_epochs: float) -> float:
     return _half_cosine((epoch - warmup_epochs) / max(1e-8, max_epochs - warmup_epochs), 1.0, end)
 
 
+def _ffcv_within_epoch(at_epoch: Callable[[int], float], epoch: float) -> float:
+    """FFCV's ``train_loop``: iteration i of n in epoch e gets ``interp(i, [0, n], [lr(e), lr(e + 1)])``, i.e.
+    the per-epoch value interpolated linearly at the fractional epoch ``e + i / n``."""
+    whole = math.floor(epoch)
+    start, end = at_epoch(whole), at_epoch(whole + 1)
+    return start + (end - start) * (epoch - whole)
+
+
 def triangular(epoch: float, max_epochs: float, peak_epoch: float) -> float:
-    """FFCV's cyclic LR (``get_cyclic_lr``): linear from 1e-4 at epoch 0 to 1 at ``peak_epoch``, then
-    linear to 0 at ``max_epochs``. FFCV interpolates between epoch boundaries within an epoch, which is
-    this same function at the fractional epoch."""
-    return float(np.interp(epoch, [0.0, peak_epoch, max_epochs], [TRIANGULAR_START, 1.0, 0.0]))
+    """FFCV's cyclic LR (``get_cyclic_lr``): ``interp(e, [0, peak_epoch, max_epochs], [1e-4, 1, 0])`` at each
+    integer epoch e, linear within an epoch (the same line when ``peak_epoch`` is whole, as FFCV's int is)."""
+
+    def at_epoch(whole: int) -> float:
+        return float(np.interp(whole, [0.0, peak_epoch, max_epochs], [TRIANGULAR_START, 1.0, 0.0]))
+
+    return _ffcv_within_epoch(at_epoch, epoch)
 
 
 def cosine(epoch: float, max_epochs: float, warmup_epochs: float, min_ratio: float = 0.0) -> float:
@@ -56,21 +113,30 @@ def cosine(epoch: float, max_epochs: float, warmup_epochs: float, min_ratio: flo
     return _half_cosine((epoch - warmup_epochs) / max(1e-8, max_epochs - warmup_epochs), 1.0, min_ratio)
 
 
-def step(epoch: float, milestones: Sequence[float], gamma: float, warmup_epochs: float = 0.0) -> float:
-    """Linear 0 -> 1 over ``warmup_epochs``, then multiplied by ``gamma`` at each milestone epoch passed."""
-    if epoch < warmup_epochs:
-        return epoch / warmup_epochs
-    return gamma ** sum(epoch >= milestone for milestone in milestones)
+def step(epoch: float, max_epochs: float, milestones: Sequence[float], gamma: float) -> float:
+    """FFCV's step LR (``get_step_lr``): at integer epoch e, 0 from ``max_epochs`` on, else ``gamma`` to the
+    number of milestones <= e (FFCV's ``step_length`` L is milestones L, 2L, ...); linear within an epoch, so
+    each drop is spread over the epoch before it and the last epoch runs down to 0. No warmup (FFCV has none)."""
+
+    def at_epoch(whole: int) -> float:
+        if whole >= max_epochs:
+            return 0.0
+        return gamma ** sum(whole >= milestone for milestone in milestones)
+
+    return _ffcv_within_epoch(at_epoch, epoch)
 
 
-# name -> shape, called with the knobs: ``SCHEDULES[name](schedule, epoch, max_epochs)``. The order is the one
-# ``--help`` lists the choices in.
-SCHEDULES: dict[str, Callable[[Schedule, float, float], float]] = {
-    "onecycle": lambda s, epoch, max_epochs: onecycle(epoch, max_epochs, s.warmup_epochs),
-    "triangular": lambda s, epoch, max_epochs: triangular(epoch, max_epochs, s.peak_epoch),
-    "cosine": lambda s, epoch, max_epochs: cosine(epoch, max_epochs, s.warmup_epochs, s.min_ratio),
-    "step": lambda s, epoch, max_epochs: step(epoch, s.milestones, s.gamma, s.warmup_epochs),
-    "constant": lambda s, epoch, max_epochs: 1.0,
+# name -> shape, called with the knobs: ``SCHEDULES[name](schedule, epoch, max_epochs, steps_per_epoch)``. The
+# order is the one ``--help`` lists the choices in.
+SCHEDULES: dict[str, Callable[[Schedule, float, float, float | None], float]] = {
+    "onecycle": lambda s, epoch, max_epochs, steps: onecycle(epoch, max_epochs, s.warmup_epochs, steps),
+    "linear_warmup_cosine": lambda s, epoch, max_epochs, steps: linear_warmup_cosine(
+        epoch, max_epochs, s.warmup_epochs
+    ),
+    "triangular": lambda s, epoch, max_epochs, steps: triangular(epoch, max_epochs, s.peak_epoch),
+    "cosine": lambda s, epoch, max_epochs, steps: cosine(epoch, max_epochs, s.warmup_epochs, s.min_ratio),
+    "step": lambda s, epoch, max_epochs, steps: step(epoch, max_epochs, s.milestones, s.gamma),
+    "constant": lambda s, epoch, max_epochs, steps: 1.0,
 }
 
 # The names a config may use, from the registry: jsonargparse lists them in --help and validates configs by them.
@@ -79,7 +145,8 @@ ScheduleName = Literal[tuple(SCHEDULES)]
 
 @dataclass(frozen=True)
 class Schedule:
-    """The LR shape and its knobs; ``Schedule(...)(epoch, max_epochs)`` is the factor on the peak LR."""
+    """The LR shape and its knobs; ``Schedule(...)(epoch, max_epochs)`` is the factor on the peak LR and
+    ``momentum(epoch, max_epochs)`` the SGD momentum to set, or None to leave it alone."""
 
     name: ScheduleName = "onecycle"
     warmup_epochs: float = 8.0
@@ -87,6 +154,7 @@ class Schedule:
     min_ratio: float = 0.0
     milestones: tuple[float, ...] = field(default=(30.0, 60.0, 80.0))
     gamma: float = 0.1
+    cycle_momentum: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULES:
@@ -95,6 +163,16 @@ class Schedule:
             raise ValueError(f"model.warmup_epochs={self.warmup_epochs}: expected >= 0")
         if self.name == "triangular" and self.peak_epoch <= 0:
             raise ValueError(f"model.lr_peak_epoch={self.peak_epoch}: expected > 0 for the triangular schedule")
+        if self.cycle_momentum and self.name != "onecycle":
+            raise ValueError(
+                f"model.cycle_momentum=true with model.scheduler={self.name!r}: only onecycle (torch's OneCycleLR) "
+                "cycles the momentum; set model.cycle_momentum: false or model.scheduler: onecycle"
+            )
 
-    def __call__(self, epoch: float, max_epochs: float) -> float:
-        return SCHEDULES[self.name](self, epoch, max_epochs)
+    def __call__(self, epoch: float, max_epochs: float, steps_per_epoch: float | None = None) -> float:
+        return SCHEDULES[self.name](self, epoch, max_epochs, steps_per_epoch)
+
+    def momentum(self, epoch: float, max_epochs: float, steps_per_epoch: float | None = None) -> float | None:
+        if not self.cycle_momentum:
+            return None
+        return onecycle_momentum(epoch, max_epochs, self.warmup_epochs, steps_per_epoch)

@@ -1,0 +1,205 @@
+"""``resnet-ffcv evaluate``: what evaluation resolution, crop ratio and flip TTA are worth on one checkpoint.
+
+    resnet-ffcv evaluate --ckpt_path /data/checkpoints/best_model.ckpt --data_dir /data/ffcv \\
+        [--resolutions 224 256 288] [--crop_ratios 0.875 1.0] [--tta both]
+
+None of these cost anything at training time (FixRes: a random-resized-crop-trained network sees objects larger
+than a centre crop shows them, so it often scores higher at a test resolution above its last training one), so
+they are chosen on a trained checkpoint. The images come from the project's own validation pipeline
+(``FFCVDataModule``'s centre-crop loader: same decoder, crop and order as ``val/acc1``), the network from the
+checkpoint, normalized by the module itself; one image pass per resolution and crop serves both the plain and the
+flip-TTA numbers of both the raw and the EMA weights. One device (the first GPU, else the CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+Tta = Literal["off", "on", "both"]
+Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
+LIST_OPTIONS = ("--resolutions", "--crop_ratios")
+
+
+@dataclass
+class Result:
+    """Top-1 / top-5 (percent) of one set of weights under one evaluation protocol."""
+
+    resolution: int
+    crop_ratio: float
+    flip_tta: bool
+    weights: str  # "raw" or "ema"
+    top1: float
+    top5: float
+    images: int
+
+
+def _autocast(device: torch.device, precision: Precision):
+    if precision == "32-true":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _networks(module) -> dict[str, nn.Module]:
+    return {"raw": module.network} | ({"ema": module.ema.module} if module.ema is not None else {})
+
+
+@torch.inference_mode()
+def evaluate_loader(module, loader, device: torch.device, precision: Precision, modes: list[bool]) -> dict:
+    """{(weights, flip_tta): (top1 hits, top5 hits)} and the image count; hits summed on the device."""
+    top_k = min(5, module.hparams.num_classes)
+    hits: dict[tuple[str, bool], torch.Tensor] = {}
+    images_seen = 0
+    with _autocast(device, precision):
+        for images, labels in loader:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            inputs = module.normalize(images)
+            flipped = inputs.flip(3).contiguous(memory_format=module.memory_format) if True in modes else None
+            for name, network in _networks(module).items():
+                logits = network(inputs)
+                for tta in modes:
+                    # TTA as validation does it (model._logits): the sum of both views' logits.
+                    scores = logits + network(flipped) if tta else logits
+                    correct = scores.topk(top_k, dim=1).indices == labels[:, None]
+                    batch = torch.stack([correct[:, 0].sum(), correct.any(dim=1).sum()])
+                    hits[name, tta] = hits[name, tta] + batch if (name, tta) in hits else batch
+            images_seen += labels.shape[0]
+    return {key: value.tolist() for key, value in hits.items()}, images_seen
+
+
+def format_table(results: list[Result], own: tuple[int, float, bool] | None) -> str:
+    """One row per (resolution, crop, TTA); top-1 / top-5 of the raw and the EMA weights side by side."""
+    weights = sorted({r.weights for r in results}, key=["raw", "ema"].index)
+    header = f"{'res':>4} {'crop':>6} {'flip TTA':>8}" + "".join(
+        f" {w + ' top-1':>10} {w + ' top-5':>10}" for w in weights
+    )
+    lines = [header]
+    rows: dict[tuple[int, float, bool], dict[str, Result]] = {}
+    for result in results:
+        rows.setdefault((result.resolution, result.crop_ratio, result.flip_tta), {})[result.weights] = result
+    for key, by_weights in rows.items():
+        resolution, crop, tta = key
+        cells = "".join(f" {by_weights[w].top1:>10.2f} {by_weights[w].top5:>10.2f}" for w in weights)
+        mark = "  <- this checkpoint's validation protocol" if own is not None and key == own else ""
+        lines.append(f"{resolution:>4} {crop:>6.3f} {'yes' if tta else 'no':>8}{cells}{mark}")
+    return "\n".join(lines)
+
+
+def _own_protocol(ckpt_path: Path, module) -> tuple[int, float, bool] | None:
+    """(val_resolution, val_crop_ratio, val_flip_tta) the run validated with, when the checkpoint records it."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    if "val_resolution" not in data:
+        return None
+    return int(data["val_resolution"]), float(data.get("val_crop_ratio", 224 / 256)), bool(module.hparams.val_flip_tta)
+
+
+def evaluate(
+    ckpt_path: str,
+    data_dir: str,
+    val_file: str = "val.ffcv",
+    resolutions: tuple[int, ...] = (224, 256, 288),
+    crop_ratios: tuple[float, ...] = (224 / 256,),
+    tta: Tta = "both",
+    batch_size: int = 256,
+    num_workers: int | None = None,
+    precision: Precision | None = None,
+) -> list[Result]:
+    """Prints one table: top-1 / top-5 of the raw and EMA weights for each resolution, crop ratio and TTA.
+
+    Args:
+        ckpt_path: a checkpoint written by ``resnet-ffcv fit`` (``best_model.ckpt``, ``checkpoint_latest.ckpt``).
+        data_dir: the folder holding ``val_file`` and ``classes.json`` (``resnet-ffcv write-dataset``).
+        val_file: the split to evaluate, relative to ``data_dir``.
+        resolutions: centre-crop sides in pixels (multiples of 8), e.g. ``--resolutions 224 256 288``.
+        crop_ratios: crop side / short image side (0.875 = 224/256, the classic protocol; 1.0: no border cut).
+        tta: flip test-time augmentation: ``off``, ``on`` (the sum of the image's and its mirror's logits, as
+            ``model.val_flip_tta``), or ``both`` (one pass gives both rows).
+        batch_size: images per batch.
+        num_workers: FFCV decode threads; default: all cores.
+        precision: ``bf16-mixed`` (the default on a GPU, as the recipes validate), ``16-mixed`` or ``32-true``
+            (the default on the CPU).
+    """
+    from resnet_ffcv.data import FFCVDataModule
+    from resnet_ffcv.model import ImageClassifier
+
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--ckpt_path {path}: no such file (a checkpoint written by resnet-ffcv fit)")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
+    try:
+        module = ImageClassifier.load_from_checkpoint(path, map_location="cpu", compile=False)
+    except (KeyError, RuntimeError, TypeError) as error:
+        raise ValueError(f"--ckpt_path {path}: not an ImageClassifier checkpoint ({error})") from error
+    module.to(device).eval()
+    modes = {"off": [False], "on": [True], "both": [False, True]}[tta]
+    results: list[Result] = []
+    for resolution in resolutions:
+        for crop in crop_ratios:
+            data = FFCVDataModule(
+                data_dir=data_dir,
+                val_file=val_file,
+                batch_size=batch_size,
+                val_batch_size=batch_size,
+                num_workers=num_workers,
+                val_resolution=resolution,
+                val_crop_ratio=crop,
+            )
+            if data.num_classes != module.hparams.num_classes:
+                raise ValueError(
+                    f"--data_dir {data_dir}: {data.num_classes} classes, the checkpoint's network has "
+                    f"{module.hparams.num_classes}"
+                )
+            data.setup("validate")
+            try:
+                hits, images = evaluate_loader(module, data.val_dataloader(), device, precision, modes)
+            finally:
+                data.teardown("validate")
+            for (weights, flip), (top1, top5) in hits.items():
+                results.append(
+                    Result(resolution, crop, flip, weights, 100 * top1 / images, 100 * top5 / images, images)
+                )
+    results.sort(key=lambda r: (r.resolution, r.crop_ratio, r.flip_tta))
+    print(
+        f"{path} on {Path(data_dir) / val_file} ({results[0].images:,} images), {precision} on {device}: "
+        "top-1 / top-5 in %"
+    )
+    print(format_table(results, _own_protocol(path, module)))
+    return results
+
+
+def join_list_options(argv: list[str]) -> list[str]:
+    """``--resolutions 224 256`` -> ``--resolutions [224,256]``: jsonargparse takes a list as one value."""
+    joined: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        joined.append(arg)
+        index += 1
+        if arg in LIST_OPTIONS:
+            values = []
+            while index < len(argv) and not argv[index].startswith("--"):
+                values.append(argv[index])
+                index += 1
+            if len(values) > 1 or (values and not values[0].startswith("[")):
+                joined.append(f"[{','.join(values)}]")
+            else:
+                joined.extend(values)
+    return joined
+
+
+def evaluate_command(argv: list[str]) -> None:
+    from jsonargparse import auto_cli
+
+    try:
+        auto_cli(evaluate, args=join_list_options(argv), as_positional=False, prog="resnet-ffcv evaluate")
+    except (OSError, ValueError) as error:  # a missing file, a wrong folder or value: the message, no traceback
+        sys.exit(f"resnet-ffcv evaluate: error: {error}")
