@@ -138,6 +138,7 @@ def stack_args(stack: list[Path], ffcv_dir: Path, tmp_path: Path) -> list[str]:
         *OVERRIDES,
         *tiny_resolution_args(stack),
         f"--data.data_dir={ffcv_dir}",
+        f"--run_dir={tmp_path}",  # config.yaml, metrics.csv, summary.json (and checkpoints/) under tmp
         "--trainer.logger=false",  # W&B in-process would reuse one run across stacks; the subprocess test logs
     ]
 
@@ -175,6 +176,7 @@ def test_ffcv_rn50_16_epochs_runs_two_epochs_through_the_cli(ffcv_dir, tmp_path)
         *two_epochs,
         *tiny_resolution_args(stack),
         f"--data.data_dir={ffcv_dir}",
+        f"--run_dir={tmp_path}",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",  # the stack's W&B logger, offline (conftest)
         cwd=tmp_path,
     )

@@ -104,7 +104,7 @@ def test_fit_restart_and_validate_through_the_cli(ffcv_dir, tmp_path):
     first = run_cli(*fit, **no_credentials)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "logging offline" in first.stderr and "wandb sync" in first.stderr
-    output = tmp_path / "demo_output"
+    output = tmp_path / "demo_output" / "run"  # the demo config's run_dir
     checkpoint = output / "checkpoints" / "best_model.ckpt"
     assert checkpoint.is_file() and (output / "checkpoints" / "checkpoint_latest.ckpt").is_file()
     [run] = (output / "logs" / "wandb").glob("offline-run-*")

@@ -56,6 +56,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "resnet_ffcv.plan:plan_command",
         own_parser=True,
     ),
+    "curves": Subcommand(
+        "loss, top-1, LR, resolution, images/s of RUN_DIR/metrics.csv (one or two runs) -> PNG",
+        "resnet_ffcv.curves:curves_command",
+        own_parser=True,
+    ),
 }
 
 

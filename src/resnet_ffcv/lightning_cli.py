@@ -16,8 +16,11 @@ from pathlib import Path
 import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from resnet_ffcv import atomic
 from resnet_ffcv.callbacks.cost import CostMonitor
+from resnet_ffcv.callbacks.metrics_csv import MetricsCSV
 from resnet_ffcv.callbacks.resolution import ResolutionMonitor
+from resnet_ffcv.callbacks.run_summary import RunSummary
 from resnet_ffcv.callbacks.spot import TrainingInterrupted
 from resnet_ffcv.callbacks.target_accuracy import TargetAccuracyStop
 from resnet_ffcv.config_checks import ConfigError, check_fit_config
@@ -31,6 +34,7 @@ from resnet_ffcv.resume import (
     continue_wandb_run,
     resolve_resume_path,
 )
+from resnet_ffcv.run_dir import apply_run_dir, saved_config_path
 from resnet_ffcv.wandb_setup import fall_back_to_offline_without_credentials, is_wandb_logger
 
 # For the tools that read a training config (doctor, plan): their --help says how the config is given.
@@ -41,7 +45,16 @@ CONFIG_HELP = (
 
 
 class LoggedSaveConfig(SaveConfigCallback):
-    """Saves the resolved config beside the logs (Lightning's behaviour) and logs it to the logger (W&B)."""
+    """Saves the resolved config (in ``run_dir`` when set, else beside the logs as Lightning does) and logs it to
+    the logger (W&B)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        run_dir = self.config.get("run_dir")
+        if run_dir is not None and self.save_to_log_dir and not self.already_saved:
+            self.save_to_log_dir = False  # not trainer.log_dir (<run_dir>/logs for W&B): the run directory itself
+            if trainer.is_global_zero:
+                atomic.write_text(saved_config_path(run_dir, stage), self.parser.dump(self.config, skip_none=False))
+        super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         if trainer.logger is not None:
@@ -62,8 +75,20 @@ class ResNetCLI(LightningCLI):
         parser.add_lightning_class_args(ResolutionMonitor, "resolution_monitor")
         parser.add_lightning_class_args(TargetAccuracyStop, "target")
         parser.add_lightning_class_args(CostMonitor, "cost")
+        parser.add_lightning_class_args(RunSummary, "summary")
+        parser.add_lightning_class_args(MetricsCSV, "metrics_csv")
+        parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="one directory for the run: checkpoints/, logs/, config.yaml, metrics.csv, summary.json (and "
+            "predictions/) default into it; a path set on its own wins (resnet_ffcv/run_dir.py)",
+        )
 
     def before_instantiate_classes(self) -> None:
+        # Here, on the parsed config, because the callbacks, logger and trainer are built from it next: a default
+        # filled in later would miss the objects that already hold their paths.
+        apply_run_dir(self.config[self.subcommand] if self.subcommand else self.config)
         if self.subcommand == "fit":  # a config mistake stops here, before any data or model is built
             check_fit_config(self.config.fit)
         logger = self.config[self.subcommand].trainer.logger if self.subcommand else None
