@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import sys
 import time
+from typing import Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar
@@ -37,7 +38,7 @@ class ProgressPrinter(L.Callback):
         lines: ``auto`` (plain lines when stdout is not a terminal), ``always`` or ``never``.
     """
 
-    def __init__(self, log_every_n_steps: int | None = None, lines: str = "auto"):
+    def __init__(self, log_every_n_steps: int | None = None, lines: Literal["auto", "always", "never"] = "auto"):
         if lines not in ("auto", "always", "never"):
             raise ValueError(f"progress.lines={lines!r}: expected auto, always or never")
         if log_every_n_steps is not None and log_every_n_steps < 1:
