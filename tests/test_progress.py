@@ -26,7 +26,7 @@ def test_piped_fit_prints_plain_progress_lines_and_no_noise(ffcv_dir, tmp_path):
         "--trainer.max_epochs=2",
         "--trainer.limit_train_batches=3",
         "--trainer.limit_val_batches=1",
-        "--trainer.log_every_n_steps=1",
+        "--progress.log_every_n_steps=1",
         "--cost.price_per_hour=3.6",
         "--data.batch_size=8",
         "--data.num_workers=1",
