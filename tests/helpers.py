@@ -70,7 +70,8 @@ def quiet_trainer(**overrides) -> L.Trainer:
 
 
 def trained_checkpoint(path: Path, batch: int = 4, resolution: int = 32, **model_args) -> Path:
-    """A real Lightning checkpoint of a 10-class ResNet-18 after 3 SGD steps on synthetic batches.
+    """A real Lightning checkpoint of a ResNet-18 (10 classes unless ``num_classes``) after 3 SGD steps on
+    synthetic batches.
 
     EMA decay 0.5, so after 3 steps the EMA weights clearly differ from the raw ones.
     """
@@ -82,6 +83,7 @@ def trained_checkpoint(path: Path, batch: int = 4, resolution: int = 32, **model
         **{"arch": "resnet18", "num_classes": 10, "lr": 0.05, "warmup_epochs": 0, "ema_decay": 0.5, **model_args}
     )
     trainer = quiet_trainer(max_steps=3)
-    trainer.fit(module, RepeatedBatches(synthetic_batch(batch, resolution, 10, torch.device("cpu")), 3))
+    classes = module.hparams.num_classes
+    trainer.fit(module, RepeatedBatches(synthetic_batch(batch, resolution, classes, torch.device("cpu")), 3))
     trainer.save_checkpoint(path)
     return path

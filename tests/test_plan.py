@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 
 import pytest
 
 from resnet_ffcv.cli import main
 from resnet_ffcv.plan import Plan, Stage, format_plan, group_stages, project_stage
 
-from .helpers import CONFIGS
+from .helpers import CONFIGS, REPO, cli_command, cli_env
 
 
 def test_group_stages_follows_the_schedule():
@@ -88,3 +91,33 @@ def test_plan_p4d_config_on_this_cpu(capsys, tmp_path):
     assert all(row["loader_images_per_s"] is None for row in saved["stages"])  # no data: synthetic only
     assert saved["total_cost_usd"] == pytest.approx(saved["total_seconds"] / 3600 * 11.0)
     assert "synthetic batches only" in out and "measured eagerly" in out and "$11.00/h" in out
+
+
+def test_plan_on_a_cpu_says_what_it_measures_and_stops_promptly_on_sigterm(tmp_path):
+    """The p4d config (batch 256) measured at the CPU batch, with progress on stderr; SIGTERM ends it at once."""
+    command = cli_command(
+        "plan",
+        "--steps=400",  # far longer than the test waits: only SIGTERM can end it in time
+        "--warmup=1",
+        "--config",
+        str(CONFIGS / "p4d_78pct.yaml"),
+        "--model.arch=resnet18",
+        f"--data.data_dir={tmp_path / 'no-data-here'}",
+    )
+    process = subprocess.Popen(
+        command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        first = process.stderr.readline()
+        while first and "timing" not in first:
+            first = process.stderr.readline()
+        assert "stage 1/3" in first and "at batch 8 on cpu" in first, first
+        time.sleep(3)  # inside the Trainer's steps now
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        waited = time.monotonic() - sent
+    finally:
+        process.kill()
+    assert waited < 10, f"plan took {waited:.1f} s to stop after SIGTERM"
+    assert process.returncode != 0 and "stopped by signal SIGTERM" in process.stderr.read()

@@ -64,6 +64,36 @@ def test_tmux_layout(tmux_socket, tmp_path):
     assert again.returncode == 1 and "already exists" in again.stderr
 
 
+def test_tmux_help_and_dry_run_read_the_directories_from_every_config(tmp_path):
+    help_text = subprocess.run(["bash", SCRIPTS / "tmux_training_setup.sh", "--help"], capture_output=True, text=True)
+    assert help_text.returncode == 0 and "--dry-run" in help_text.stdout and "CHECKPOINT_DIR" in help_text.stdout
+
+    override = tmp_path / "logs_elsewhere.yaml"  # a second config: only the logger's save_dir changes
+    override.write_text(
+        "trainer:\n  logger:\n    class_path: lightning.pytorch.loggers.WandbLogger\n"
+        f"    init_args:\n      save_dir: {tmp_path / 'my logs'}\n"
+    )
+    args = ["--config", str(REPO / "configs/demo_cpu.yaml"), "--config", str(override), "--trainer.max_epochs=3"]
+    env = {key: value for key, value in os.environ.items() if key not in ("LOG_DIR", "CHECKPOINT_DIR", "TRAIN_CMD")}
+    result = subprocess.run(
+        ["bash", SCRIPTS / "tmux_training_setup.sh", "--dry-run", *args], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"log dir:        {tmp_path / 'my logs'}" in result.stdout  # from the second config
+    assert "checkpoint dir: demo_output/checkpoints" in result.stdout  # the demo's SpotCheckpoint dirpath
+    assert f"spot_training.sh {REPO / 'configs/demo_cpu.yaml'} --config {override} --trainer.max_epochs=3" in (
+        result.stdout
+    )
+    assert not (tmp_path / "my logs").exists()  # a dry run creates nothing
+
+    bad = subprocess.run(
+        ["bash", SCRIPTS / "tmux_training_setup.sh", "--dry-run", *args, "--model.lrr=1"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "does not parse" in bad.stderr
+
+
 def test_ebs_verify_existing_data(ffcv_dir):
     env = {**os.environ, "DEVICE": "none", "MOUNT_POINT": str(ffcv_dir), "DATA_DIR": str(ffcv_dir)}
     ok = subprocess.run(

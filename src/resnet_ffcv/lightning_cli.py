@@ -9,6 +9,7 @@ and a W&B logger continues the same run. Exit codes: 0 finished, 75 interrupted 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -19,6 +20,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from resnet_ffcv import atomic
 from resnet_ffcv.callbacks.cost import CostMonitor
 from resnet_ffcv.callbacks.metrics_csv import MetricsCSV
+from resnet_ffcv.callbacks.progress import ProgressPrinter
 from resnet_ffcv.callbacks.resolution import ResolutionMonitor
 from resnet_ffcv.callbacks.run_summary import RunSummary
 from resnet_ffcv.callbacks.spot import TrainingInterrupted
@@ -35,7 +37,21 @@ from resnet_ffcv.resume import (
     resolve_resume_path,
 )
 from resnet_ffcv.run_dir import apply_run_dir, saved_config_path
-from resnet_ffcv.wandb_setup import fall_back_to_offline_without_credentials, is_wandb_logger
+from resnet_ffcv.wandb_setup import fall_back_to_offline_without_credentials, is_wandb_logger, prepare_wandb_logger
+
+# Library noise printed by every command, filtered narrowly (each has no argument that avoids it):
+# Lightning 2.6's own _pytree helper uses torch's deprecated LeafSpec (nothing we call or could change)...
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", module="lightning")
+
+
+class _NoProductTips(logging.Filter):
+    """...and Lightning advertises litlogger/litmodels in every run that does not use them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip: For seamless cloud")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoProductTips())
 
 # For the tools that read a training config (doctor, plan): their --help says how the config is given.
 CONFIG_HELP = (
@@ -84,6 +100,7 @@ class ResNetCLI(LightningCLI):
             help="one directory for the run: checkpoints/, logs/, config.yaml, metrics.csv, summary.json (and "
             "predictions/) default into it; a path set on its own wins (resnet_ffcv/run_dir.py)",
         )
+        parser.add_lightning_class_args(ProgressPrinter, "progress")
 
     def before_instantiate_classes(self) -> None:
         # Here, on the parsed config, because the callbacks, logger and trainer are built from it next: a default
@@ -94,6 +111,11 @@ class ResNetCLI(LightningCLI):
         logger = self.config[self.subcommand].trainer.logger if self.subcommand else None
         if is_wandb_logger(logger):
             fall_back_to_offline_without_credentials(logger.get("init_args"))
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        for logger in self.trainer.loggers:
+            prepare_wandb_logger(logger)
 
     def fit(self, model, datamodule=None, ckpt_path: str | None = None, **kwargs) -> None:
         """``trainer.fit`` with auto-resume, a compatibility check and W&B run continuity."""

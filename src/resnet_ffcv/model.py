@@ -25,7 +25,7 @@ from resnet_ffcv.callbacks.validation_schedule import ValidationSchedule
 from resnet_ffcv.compile_plan import CompiledNetworks, CompileMode, plan_for_trainer
 from resnet_ffcv.ema import EMA, decay_for_half_life
 from resnet_ffcv.mixing import MixPolicy
-from resnet_ffcv.networks import build_network
+from resnet_ffcv.networks import build_network, classifier_head, load_init_weights
 from resnet_ffcv.schedules import Schedule, ScheduleName
 
 # The EMA horizon when neither model.ema_half_life_epochs nor model.ema_decay is set (docs/recipe.md: why 2).
@@ -183,6 +183,12 @@ class ImageClassifier(L.LightningModule):
         predict_with_ema: ``resnet-ffcv predict`` uses the EMA weights when the module keeps them (``use_ema``),
             else the raw ones; the EMA weights usually score higher (compare ``val/acc1_ema``).
         predict_top_k: classes (with probabilities) returned per image by ``predict_step``.
+        init_weights: fine-tune from this torchvision-style state_dict file (``resnet-ffcv export``'s output or
+            torchvision's ``resnet50-0676ba61.pth``), loaded at construction, before the EMA copy is made. A head of
+            another class count is replaced by a fresh one; every other weight must match. A resumed run's
+            checkpoint is loaded after construction, so it wins over this file.
+        freeze_backbone_epochs: train only the classifier head for this many first epochs (BatchNorm statistics
+            still adapt); the optimizer holds every parameter throughout and skips those without gradients.
 
     Gradient clipping is the Trainer's ``gradient_clip_val``; mixed precision the Trainer's ``precision``. The
     global gradient norm before clipping (``train/grad_norm``) and the share of steps it exceeded the clip value
@@ -229,6 +235,8 @@ class ImageClassifier(L.LightningModule):
         val_last_epochs: int = 1,
         predict_with_ema: bool = True,
         predict_top_k: int = 5,
+        init_weights: str | None = None,
+        freeze_backbone_epochs: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()  # every argument above, unchanged: checkpoints rebuild the module from them
@@ -245,6 +253,12 @@ class ImageClassifier(L.LightningModule):
         )
         self.mix = MixPolicy(num_classes, cutmix_prob, mixup_alpha, cutmix_alpha, mix_stop_epoch)
         self.network = build_network(arch, num_classes, blurpool, zero_init_residual, channels_last)
+        if init_weights is not None:
+            for note in load_init_weights(self.network, init_weights, num_classes):
+                rank_zero_info(f"model.init_weights: {note}")
+        if freeze_backbone_epochs < 0:
+            raise ValueError(f"model.freeze_backbone_epochs={freeze_backbone_epochs}: expected 0 or more epochs")
+        self._backbone_frozen = False
         # A registered submodule: moved with the module and saved in its state_dict (so in every checkpoint).
         # With a horizon in epochs the decay is set when training starts (on_train_epoch_start): 0.9998 until then.
         self.ema = EMA(self.network, 0.9998 if ema_decay is None else ema_decay) if use_ema else None
@@ -287,6 +301,26 @@ class ImageClassifier(L.LightningModule):
     def on_predict_epoch_start(self) -> None:
         if self._compiled is not None:
             self._compiled.start_epoch(training=False)
+
+    # -- fine-tuning: a frozen backbone for the first freeze_backbone_epochs -----------------------------------
+    def _backbone_parameters(self) -> list[nn.Parameter]:
+        head = classifier_head(self.network, self.hparams.num_classes) + "."
+        return [p for name, p in self.network.named_parameters() if not name.startswith(head)]
+
+    def _update_backbone_freeze(self) -> None:
+        # The optimizer was built with every parameter (before this hook), so it holds the backbone afterwards.
+        frozen = self.current_epoch < self.hparams.freeze_backbone_epochs
+        if frozen != self._backbone_frozen and self.trainer.world_size == 1:
+            # No backward through a frozen backbone. Not under DDP: its reducer expects a gradient for every
+            # parameter it was built with; there the gradients are computed and dropped before the step.
+            for parameter in self._backbone_parameters():
+                parameter.requires_grad_(not frozen)
+        self._backbone_frozen = frozen
+
+    def _drop_frozen_gradients(self) -> None:
+        if self._backbone_frozen:  # SGD skips a parameter without a gradient: no decay, no momentum, no update
+            for parameter in self._backbone_parameters():
+                parameter.grad = None
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW -> normalized on the device, in the network's memory format and the autocast dtype.
@@ -335,6 +369,7 @@ class ImageClassifier(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         if self._compiled is not None:
             self._compiled.start_epoch(training=True)
+        self._update_backbone_freeze()
         self._set_ema_decay()
 
     def _set_ema_decay(self) -> None:
@@ -406,6 +441,7 @@ class ImageClassifier(L.LightningModule):
         """The global gradient norm (what ``gradient_clip_val`` is compared to; Lightning calls this after
         unscaling and before clipping) as a device tensor, and whether it was clipped, summed on the device.
         Both are read on the host only on logging steps: a per-step ``.item()`` would stall the GPU queue."""
+        self._drop_frozen_gradients()
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not grads:
             return

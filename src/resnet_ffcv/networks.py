@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from resnet_ffcv.config_checks import ConfigError
 
 
 class BlurPoolConv2d(nn.Module):
@@ -71,3 +75,67 @@ def build_network(
     if channels_last:
         network.to(memory_format=torch.channels_last)
     return network
+
+
+def classifier_head(network: nn.Module, num_classes: int) -> str:
+    """The name of the classifier head: the last ``Linear`` with ``num_classes`` outputs (``fc`` in a ResNet)."""
+    heads = [name for name, m in network.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    if not heads:
+        raise ValueError(f"no Linear layer with {num_classes} outputs: cannot tell this network's classifier head")
+    return heads[-1]
+
+
+def _weights_file_state(path: str) -> dict[str, torch.Tensor]:
+    """A plain state_dict from ``path``: torchvision's weights file, ``resnet-ffcv export``, or a training .ckpt."""
+    if not Path(path).is_file():
+        raise ConfigError(f"model.init_weights={path}: no such file (expected a state_dict, e.g. from export)")
+    loaded = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):  # a Lightning checkpoint
+        from resnet_ffcv.export import network_state_dict
+
+        loaded = network_state_dict(loaded)[0]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ConfigError(f"model.init_weights={path}: not a state_dict (a mapping of names to tensors)")
+    return loaded
+
+
+def load_init_weights(network: nn.Module, path: str, num_classes: int) -> list[str]:
+    """Load the weights file ``path`` into ``network`` for fine-tuning; returns notes to print.
+
+    Both sides are compared in torchvision's plain layout (``export.drop_blurpool``), so a file with or without
+    BlurPool fits a network with or without it (the blur has no weights). A head of another class count is left
+    at its fresh initialisation; every other key must match in name and shape.
+    """
+    from resnet_ffcv.export import BLUR_SUFFIX, drop_blurpool
+
+    notes = []
+    own = network.state_dict()
+    plain_to_own = drop_blurpool({key: key for key in own})  # plain name -> our name, blur filters left out
+    source = _weights_file_state(path)
+    if any(key.endswith(BLUR_SUFFIX) for key in source):
+        source = drop_blurpool(source)
+        if not any(key.endswith(BLUR_SUFFIX) for key in own):
+            notes.append(f"{path} was trained with BlurPool, this network has none (model.blurpool: false)")
+    head = classifier_head(network, num_classes)
+    replaced = [k for k in plain_to_own if k.startswith(head + ".") and k in source and source[k].shape != own[k].shape]
+    if replaced:
+        shapes = ", ".join(f"{k} {tuple(source[k].shape)} -> {tuple(own[k].shape)}" for k in replaced)
+        notes.append(f"new classifier head {head!r} (another class count than {path}; initialised fresh): {shapes}")
+        for key in replaced:
+            del source[key], plain_to_own[key]
+    missing = sorted(set(plain_to_own) - set(source))
+    unexpected = sorted(set(source) - set(plain_to_own))
+    mismatched = sorted(k for k in set(source) & set(plain_to_own) if source[k].shape != own[plain_to_own[k]].shape)
+    if missing or unexpected or mismatched:
+        problems = [
+            f"{label} ({len(keys)}): {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", mismatched))
+            if keys
+        ]
+        raise ConfigError(
+            f"model.init_weights={path}: does not fit this network ({type(network).__name__}); keys "
+            + "; ".join(problems)
+            + ". Expected a state_dict of the same model.arch (e.g. written by `resnet-ffcv export`)."
+        )
+    network.load_state_dict(own | {plain_to_own[key]: value for key, value in source.items()})
+    return notes

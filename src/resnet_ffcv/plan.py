@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,6 +29,9 @@ from resnet_ffcv import disk_speed
 from resnet_ffcv.lightning_cli import parse_config_only, parse_tool_args
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
+# A CPU measures the step to check the config and the recipe's overheads, not GPU speed: a ResNet-50 step at
+# batch 256 takes minutes there, so the CPU measures at this batch unless --batch says otherwise.
+CPU_BATCH = 8
 
 
 @dataclass
@@ -237,7 +242,10 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
             notes.append("model.compile measured eagerly on the CPU")
     else:
         hardware = torch.cuda.get_device_name(device)
-    if own.batch is not None:
+    if own.batch is None and device.type == "cpu":
+        own.batch = CPU_BATCH
+        notes.append(f"measured at batch {CPU_BATCH} per device on the CPU (--batch to change), not the stages' batch")
+    elif own.batch is not None:
         notes.append(f"measured at batch {own.batch} per device instead of each stage's batch")
     stages = group_stages(int(config.trainer.max_epochs), _schedule_of(config), config.data.batch_size)
     if config.model.compile:  # the count only: a ResNet-50 compile takes minutes on a CPU
@@ -256,10 +264,17 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
         notes.append(f"{train_path} not found: ImageNet's {IMAGENET_TRAIN_IMAGES:,} images, synthetic batches only")
 
     projections = []
-    for stage in stages:
+    for number, stage in enumerate(stages, 1):
         batch = own.batch or stage.batch_size
+        say(
+            f"stage {number}/{len(stages)} (epochs {stage.first_epoch}-{stage.first_epoch + stage.epochs - 1}, "
+            f"{stage.resolution} px): timing {own.steps} training steps at batch {batch} on {device.type} ..."
+        )
         step = _measure_step(config, stage.resolution, batch, own.steps, own.warmup, device, precision)
+        say(f"stage {number}/{len(stages)}: {step:.1f} images/s per device")
         loader = _measure_loader(config, stage.resolution, batch, own.loader_batches, devices_per_node)
+        if loader is not None:
+            say(f"stage {number}/{len(stages)}: loader {loader:.0f} images/s per rank")
         projections.append(
             project_stage(stage, step, loader, devices_per_node * nodes, train_images, own.scaling_efficiency)
         )
@@ -291,6 +306,21 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
     return plan, notes, hardware
 
 
+def say(message: str) -> None:
+    """Progress on stderr, as it happens (stdout keeps the table alone)."""
+    print(f"plan: {message}", file=sys.stderr, flush=True)
+
+
+def _stop(signum: int, frame) -> None:
+    # Lightning's own SIGTERM handler (which calls this one too) only asks the loop to stop after the current
+    # step; raising here ends the measurement at the next Python bytecode, between two operators.
+    raise SystemExit(f"resnet-ffcv plan: stopped by signal {signal.Signals(signum).name}; nothing written")
+
+
 def plan_command(argv: list[str]) -> None:
-    plan, notes, hardware = make_plan(argv)
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        plan, notes, hardware = make_plan(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(format_plan(plan, hardware, notes))

@@ -41,3 +41,19 @@ def fall_back_to_offline_without_credentials(logger_init_args) -> None:
         f"`wandb sync {save_dir}/wandb/offline-run-*`",
         stacklevel=2,
     )
+
+
+def prepare_wandb_logger(logger) -> None:
+    """Two W&B console warnings on every run, avoided where they start.
+
+    Lightning's ``WandbLogger`` always passes ``anonymous`` to ``wandb.init`` (None when unset), which wandb >= 0.19
+    answers with "The anonymous setting has no effect": the key is dropped when it says nothing. And wandb looks
+    for a git repository from ``save_dir`` before anything creates it ("git root ... does not exist"): created here.
+    """
+    init = getattr(logger, "_wandb_init", None)
+    if not isinstance(init, dict):
+        return
+    if init.get("anonymous") is None:
+        init.pop("anonymous", None)
+    if init.get("dir"):
+        Path(init["dir"]).mkdir(parents=True, exist_ok=True)
