@@ -77,7 +77,7 @@ def test_fine_tune_through_the_cli_with_a_frozen_backbone(exported, ffcv_dir, tm
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "new classifier head 'fc'" in result.stderr
-    state = load_checkpoint(tmp_path / "demo_output/checkpoints/checkpoint_latest.ckpt")["state_dict"]
+    state = load_checkpoint(tmp_path / "demo_output/run/checkpoints/checkpoint_latest.ckpt")["state_dict"]
     for key, value in backbone(state).items():
         assert torch.equal(value, exported[key]), key
     assert state["network.fc.weight"].shape == (10, 512)
