@@ -23,15 +23,16 @@ def write_config(
     ffcv_dir: Path,
     extra_callbacks: list[dict] | None = None,
     name: str = "config.yaml",
+    spot: dict | None = None,
     **checkpoint_args,
 ) -> Path:
-    """``spot_config.yaml`` with this test's directories, extra callbacks and SpotCheckpoint arguments."""
+    """``spot_config.yaml`` with this test's directories, extra callbacks, ``spot:`` and ``checkpoint:`` keys."""
     config = yaml.safe_load(BASE_CONFIG.read_text())
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
-    checkpoint = config["trainer"]["callbacks"][0]["init_args"]
-    checkpoint["dirpath"] = str(tmp_path / "checkpoints")
-    checkpoint.update(checkpoint_args)
-    config["trainer"]["callbacks"] += extra_callbacks or []
+    config["checkpoint"].update(dirpath=str(tmp_path / "checkpoints"), **checkpoint_args)
+    config["spot"].update(spot or {})
+    if extra_callbacks:
+        config["trainer"]["callbacks"] = extra_callbacks
     config["data"]["data_dir"] = str(ffcv_dir)
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config))

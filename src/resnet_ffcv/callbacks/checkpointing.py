@@ -62,6 +62,9 @@ def _is_url(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+DEFAULT_DIRPATH = "checkpoints"  # relative to the working directory, when ``checkpoint.dirpath`` is null
+
+
 class SpotCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint arranged for spot instances: one directory, fixed names, atomic writes.
 
@@ -73,7 +76,7 @@ class SpotCheckpoint(ModelCheckpoint):
 
     Args:
         dirpath: the checkpoint directory (local path); restarts look here, so it must outlive the instance
-            (an EBS volume, not instance storage).
+            (an EBS volume, not instance storage). Null: ``checkpoints`` in the working directory.
         monitor: metric that picks ``best_model.ckpt``: ``val/acc1``, or ``val/acc1_ema`` when EMA is on.
         mode: ``max`` for accuracies, ``min`` for losses.
         checkpoint_interval: write ``checkpoint_epoch_{N}.ckpt`` every this many epochs; 0 turns them off.
@@ -87,7 +90,7 @@ class SpotCheckpoint(ModelCheckpoint):
 
     def __init__(
         self,
-        dirpath: str = "checkpoints",
+        dirpath: str | None = None,
         monitor: str = "val/acc1",
         mode: str = "max",
         checkpoint_interval: int = 5,
@@ -95,6 +98,7 @@ class SpotCheckpoint(ModelCheckpoint):
         auto_resume: bool = True,
         verbose: bool = True,
     ):
+        dirpath = DEFAULT_DIRPATH if dirpath is None else dirpath
         if _is_url(str(dirpath)):
             raise ValueError(f"SpotCheckpoint dirpath={dirpath!r}: expected a local directory (atomic renames)")
         if checkpoint_interval < 0:
