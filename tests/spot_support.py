@@ -9,6 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import lightning as L
 import yaml
 
 from resnet_ffcv.callbacks.spot import REBALANCE_PATH, SPOT_ACTION_PATH, TOKEN_PATH
@@ -37,6 +38,17 @@ def write_config(
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+class SlowSteps(L.Callback):
+    """Prints ``step N done`` after each training batch and sleeps, so a test can signal at a known step."""
+
+    def __init__(self, seconds: float = 0.3):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        print(f"step {trainer.global_step} done", flush=True)
+        time.sleep(self.seconds)
 
 
 class CLIProcess:
