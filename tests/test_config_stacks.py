@@ -17,13 +17,13 @@ import pytest
 import torch
 import yaml
 
-from resnet_ffcv.callbacks.resolution import ramp_resolution
 from resnet_ffcv.cli import main
 from resnet_ffcv.config_checks import ConfigError, check_fit_config, validation_metrics
 from resnet_ffcv.data import FFCVDataModule
 from resnet_ffcv.doctor import doctor
 from resnet_ffcv.lightning_cli import LoggedSaveConfig, ResNetCLI, parse_config_only
 from resnet_ffcv.model import ImageClassifier
+from resnet_ffcv.resolution import ramp_resolution
 from resnet_ffcv.writer import write_dataset
 
 from .helpers import CONFIGS, run_cli
