@@ -44,7 +44,8 @@ while IFS= read -r line; do
 done <<<"$report"
 [[ $doctor_rc -eq 0 ]] || exit 2
 
-# 2. Train, passing SIGTERM / SIGINT on to the trainer (it saves checkpoint_latest.ckpt and exits 75).
+# 2. Train, passing SIGTERM / SIGINT on to the trainer (it saves checkpoint_latest.ckpt and exits 75). fit handles
+#    them from its first moment, start-up included, so 143/130 (killed by the signal) would be a real failure.
 say "starting: resnet-ffcv fit --config $config $*"
 "$PYTHON" -m resnet_ffcv.cli fit --config "$config" "$@" &
 child=$!

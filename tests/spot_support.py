@@ -9,6 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import lightning as L
 import yaml
 
 from resnet_ffcv.callbacks.spot import REBALANCE_PATH, SPOT_ACTION_PATH, TOKEN_PATH
@@ -23,19 +24,31 @@ def write_config(
     ffcv_dir: Path,
     extra_callbacks: list[dict] | None = None,
     name: str = "config.yaml",
+    spot: dict | None = None,
     **checkpoint_args,
 ) -> Path:
-    """``spot_config.yaml`` with this test's directories, extra callbacks and SpotCheckpoint arguments."""
+    """``spot_config.yaml`` with this test's directories, extra callbacks, ``spot:`` and ``checkpoint:`` keys."""
     config = yaml.safe_load(BASE_CONFIG.read_text())
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
-    checkpoint = config["trainer"]["callbacks"][0]["init_args"]
-    checkpoint["dirpath"] = str(tmp_path / "checkpoints")
-    checkpoint.update(checkpoint_args)
-    config["trainer"]["callbacks"] += extra_callbacks or []
+    config["checkpoint"].update(dirpath=str(tmp_path / "checkpoints"), **checkpoint_args)
+    config["spot"].update(spot or {})
+    if extra_callbacks:
+        config["trainer"]["callbacks"] = extra_callbacks
     config["data"]["data_dir"] = str(ffcv_dir)
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+class SlowSteps(L.Callback):
+    """Prints ``step N done`` after each training batch and sleeps, so a test can signal at a known step."""
+
+    def __init__(self, seconds: float = 0.3):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        print(f"step {trainer.global_step} done", flush=True)
+        time.sleep(self.seconds)
 
 
 class CLIProcess:

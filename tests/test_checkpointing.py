@@ -32,11 +32,8 @@ def test_checkpoint_directory_survives_crashes_and_resumes(tmp_path, ffcv_dir):
     with socket.socket() as probe:  # a port nobody listens on: the metadata poller must switch itself off
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
-    spot = {
-        "class_path": "resnet_ffcv.callbacks.SpotInterruption",
-        "init_args": {"endpoint": f"http://127.0.0.1:{closed_port}"},
-    }
-    config = write_config(tmp_path, ffcv_dir, extra_callbacks=[spot], keep_periodic=1)
+    spot = {"endpoint": f"http://127.0.0.1:{closed_port}"}
+    config = write_config(tmp_path, ffcv_dir, spot=spot, keep_periodic=1)
 
     # A: from scratch, the seed's layout and a W&B run id beside the checkpoints after epoch 0; then kill -9
     # while epoch 1 overwrites checkpoint_latest.ckpt (the test seam pauses between the bytes and the rename).
@@ -67,7 +64,7 @@ def test_checkpoint_directory_survives_crashes_and_resumes(tmp_path, ffcv_dir):
     half = latest.read_bytes()[: latest.stat().st_size // 2]
     latest.unlink()  # a new file: the old name may be a hard link shared with a periodic checkpoint
     latest.write_bytes(half)
-    with_target = write_config(tmp_path, ffcv_dir, extra_callbacks=[spot], name="target.yaml", keep_periodic=1)
+    with_target = write_config(tmp_path, ffcv_dir, spot=spot, name="target.yaml", keep_periodic=1)
     # Top-5 of 10 classes: >= 0.5 for any constant prediction, so 0.01 is surely reached at the first validation.
     # (Top-1 can be exactly 0 on 40 images: FFCV's unseeded augmentations make each run's weights differ.)
     target = ("--trainer.max_epochs", "4", "--target.target_accuracy", "0.01", "--target.monitor", "val/acc5")

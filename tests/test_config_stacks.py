@@ -95,21 +95,13 @@ def tiny_resolution_args(stack: list[Path]) -> list[str]:
 
 
 def path_overrides(stack: list[Path], tmp_path: Path) -> Path:
-    """An extra config giving the stack's own callbacks list with only the checkpoint ``dirpath`` moved to tmp.
-
-    A callbacks list is replaced whole by a later config, so it is copied verbatim from the one file of the
-    stack that sets it (every monitor as the user gets it).
-    """
-    with_callbacks = [
-        config for config in stack if "callbacks" in (yaml.safe_load(config.read_text()) or {}).get("trainer", {})
-    ]
-    assert len(with_callbacks) == 1, f"{stack}: expected one file with trainer.callbacks, got {with_callbacks}"
-    callbacks = yaml.safe_load(with_callbacks[0].read_text())["trainer"]["callbacks"]
-    for callback in callbacks:
-        if "dirpath" in callback.get("init_args", {}):
-            callback["init_args"]["dirpath"] = str(tmp_path / "checkpoints")
+    """An extra config moving the checkpoint directory (a single key of the ``checkpoint:`` section) to tmp."""
     path = tmp_path / "paths.yaml"
-    path.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks, "default_root_dir": str(tmp_path)}}))
+    settings = {
+        "checkpoint": {"dirpath": str(tmp_path / "checkpoints")},
+        "trainer": {"default_root_dir": str(tmp_path)},
+    }
+    path.write_text(yaml.safe_dump(settings))
     return path
 
 
@@ -202,7 +194,7 @@ def test_monitor_never_logged_stops_before_training(tmp_path):
     )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    [line] = [line for line in result.stderr.splitlines() if line.startswith("resnet-ffcv: error:")]
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("resnet-ffcv fit: error:")]
     assert "target.monitor='val/acc1_ema'" in line and "model.use_ema=false" in line and "val/acc1_best" in line
 
 
@@ -231,14 +223,13 @@ def test_config_mistakes_are_named(args, named):
         check_fit_config(config_of(*args))
 
 
-def test_checkpoint_monitor_is_named_by_its_list_index(tmp_path):
-    demo = yaml.safe_load((CONFIGS / "demo_cpu.yaml").read_text())
-    assert demo["trainer"]["callbacks"][0]["init_args"]["monitor"] == "val/acc1_best"
-    demo["trainer"]["callbacks"][0]["init_args"]["monitor"] = "val/acc1_ema"
-    demo["model"]["use_ema"] = False
-    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(demo))
-    config = parse_config_only(["--config", str(tmp_path / "demo.yaml")])
-    with pytest.raises(ConfigError, match=re.escape("trainer.callbacks[0].init_args.monitor='val/acc1_ema'")):
+def test_checkpoint_monitor_is_named_by_its_key():
+    config = parse_config_only(["--config", str(CONFIGS / "demo_cpu.yaml")])
+    assert config.checkpoint.monitor == "val/acc1_best"
+    config = parse_config_only(
+        ["--config", str(CONFIGS / "demo_cpu.yaml"), "--checkpoint.monitor=val/acc1_ema", "--model.use_ema=false"]
+    )
+    with pytest.raises(ConfigError, match=re.escape("checkpoint.monitor='val/acc1_ema'")):
         check_fit_config(config)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from resnet_ffcv.cli import main
-from resnet_ffcv.doctor import check_free_disk, checkpoint_dir_from
+from resnet_ffcv.doctor import check_free_disk
 
 from .helpers import CONFIGS
 
@@ -36,9 +36,19 @@ def test_cpu_config_with_data_passes(capsys, ffcv_dir):
 
 
 def test_checkpoint_dir_and_free_space(tmp_path):
-    callbacks = [{"class_path": "X", "init_args": {"dirpath": str(tmp_path / "ckpt")}}]
-    assert checkpoint_dir_from(callbacks) == tmp_path / "ckpt"
-    assert checkpoint_dir_from([]) is None
     assert not check_free_disk(None).ok
     check = check_free_disk(tmp_path / "not" / "yet" / "made")  # measured on the nearest existing parent
-    assert "GB free" in check.detail
+    assert "GB free on " + str(tmp_path) in check.detail
+
+
+def test_checkpoint_dir_on_an_unmounted_volume_fails(capsys, ffcv_dir):
+    """/data/... on a machine without /data: the root disk, not the volume; the free-space line is not enough."""
+    code, out = run_doctor(
+        capsys, f"--data.data_dir={ffcv_dir}", "--checkpoint.dirpath=/nonexistent_mount_xyz/checkpoints"
+    )
+    assert code == 1
+    assert (
+        "[FAIL] checkpoint dir mount: /nonexistent_mount_xyz/checkpoints would be created on the root filesystem /: "
+        "/nonexistent_mount_xyz does not exist" in out
+    ), out
+    assert "data dir mount" not in out  # an existing path is not judged

@@ -35,11 +35,9 @@ def batches_done_in_epoch(checkpoint) -> int:
 @pytest.mark.slow
 def test_spot_notice_and_sigterm_save_mid_epoch_and_exit_75(tmp_path, ffcv_dir, imds):
     checkpoints = tmp_path / "checkpoints"
-    spot = {
-        "class_path": "resnet_ffcv.callbacks.SpotInterruption",
-        "init_args": {"endpoint": imds.endpoint, "poll_interval": 0.2, "check_every_n_batches": 1},
-    }
-    config = write_config(tmp_path, ffcv_dir, extra_callbacks=[spot], checkpoint_interval=0)
+    config = write_config(
+        tmp_path, ffcv_dir, spot={"endpoint": imds.endpoint, "poll_interval": 0.2}, checkpoint_interval=0
+    )
     command = (
         "fit",
         "--config",
@@ -81,6 +79,42 @@ def test_spot_notice_and_sigterm_save_mid_epoch_and_exit_75(tmp_path, ffcv_dir, 
     # The LR of the last step follows the fractional-epoch schedule: batch indices continued after the resume.
     expected_lr = LR * Schedule("onecycle", WARMUP)(epoch + (batch - 1) / STEPS_PER_EPOCH, MAX_EPOCHS, STEPS_PER_EPOCH)
     assert resumed["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(expected_lr)
+
+
+@pytest.mark.slow
+def test_sigterm_with_restated_callbacks_saves_within_one_batch(tmp_path, ffcv_dir):
+    """A config restating trainer.callbacks keeps spot handling (a section); one process stops within one batch.
+
+    The spot section keeps its default check_every_n_batches (10): that is the DDP all-reduce period only.
+    """
+    config = write_config(
+        tmp_path,
+        ffcv_dir,
+        extra_callbacks=[{"class_path": "tests.spot_support.SlowSteps", "init_args": {"seconds": 0.3}}],
+        checkpoint_interval=0,
+    )
+    checkpoints = tmp_path / "checkpoints"
+    run = CLIProcess("fit", "--config", str(config), "--trainer.max_epochs", "5", "--data.batch_size", "2")
+    run.wait_for_line("step 3 done")
+    run.process.send_signal(signal.SIGTERM)
+    assert run.finish() == INTERRUPTED_EXIT_CODE, run.output
+    assert "received SIGTERM: saved" in run.output
+    saved = load(checkpoints / "checkpoint_latest.ckpt")
+    # Signalled while step 3's sleep or step 4 ran: the stop comes at the end of step 4 (5 at worst), not at 10.
+    assert 3 <= saved["global_step"] <= 5, saved["global_step"]
+    assert saved["epoch"] == 0 and batches_done_in_epoch(saved) == saved["global_step"]
+
+
+def test_sigterm_during_start_up_exits_75_with_nothing_saved(tmp_path, ffcv_dir):
+    """SIGTERM 1.5 s after start (torch still importing, long before the first batch): exit 75, not 143."""
+    config = write_config(tmp_path, ffcv_dir)
+    run = CLIProcess("fit", "--config", str(config), "--trainer.max_epochs", "5")
+    time.sleep(1.5)
+    assert "Armed" not in run.output  # still starting up
+    run.process.send_signal(signal.SIGTERM)
+    assert run.finish() == INTERRUPTED_EXIT_CODE, run.output
+    assert "received SIGTERM during start-up: nothing trained" in run.output
+    assert not (tmp_path / "checkpoints" / "checkpoint_latest.ckpt").exists()
 
 
 def test_spot_training_script_checks_before_training(tmp_path, ffcv_dir):

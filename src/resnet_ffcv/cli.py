@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
+from resnet_ffcv.errors import DEBUG_ENV, UserError, debug_enabled
+
 PROG = "resnet-ffcv"
 DESCRIPTION = "ResNet on ImageNet with PyTorch Lightning + FFCV on spot GPUs, configured by YAML."
 
@@ -84,6 +86,10 @@ def usage() -> str:
         f"Every option is settable in YAML (--config FILE) and on the command line; {PROG} fit --print_config",
     ]
     lines += ["shows the resolved configuration."]
+    lines += [
+        "",
+        f"A mistake in a config, path or input is one 'error:' paragraph; set {DEBUG_ENV}=1 to see its traceback.",
+    ]
     return "\n".join(lines)
 
 
@@ -98,19 +104,28 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{usage()}\n\n{PROG}: error: unknown subcommand {name!r}", file=sys.stderr)
         sys.exit(2)
     if command is None or not command.target:  # LightningCLI also owns the options before a subcommand
+        if name == "fit":  # from here on SIGTERM/SIGINT mean "stop and exit 75", also while torch imports
+            from resnet_ffcv.stop_signals import STOP
+
+            STOP.install()
         from resnet_ffcv.lightning_cli import run
 
         run(argv)
-    elif command.own_parser:
-        code = _load(command.target)(rest)
-        if code is not None:  # doctor's exit status
-            sys.exit(code)
     else:
-        from jsonargparse import auto_cli
-
         try:
-            auto_cli(_load(command.target), args=rest, as_positional=False, prog=f"{PROG} {name}")
-        except (OSError, ValueError) as error:  # refused inputs, missing folders, no space: the message says it all
+            if command.own_parser:
+                code = _load(command.target)(rest)
+                if code is not None:  # doctor's exit status
+                    sys.exit(code)
+            else:
+                from jsonargparse import auto_cli
+
+                auto_cli(_load(command.target), args=rest, as_positional=False, prog=f"{PROG} {name}")
+        # Our own refusals (inputs, values, space) and a missing input say it all; any other error is a bug and
+        # keeps its traceback.
+        except (UserError, FileNotFoundError) as error:
+            if debug_enabled():
+                raise
             sys.exit(f"{PROG} {name}: error: {error}")
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from resnet_ffcv.dataset_format import CLASSES_FILE, load_classes
+from resnet_ffcv.errors import UserError
 
 # Schedules whose rise to model.lr lasts model.warmup_epochs (triangular rises until model.lr_peak_epoch).
 WARMUP_SCHEDULES = ("onecycle", "cosine", "step")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that would fail (or silently mistrain) only after data loading or epochs of training."""
 
 
@@ -41,13 +42,15 @@ def _get(namespace: Any, key: str, default: Any = None) -> Any:
     return getattr(namespace, key, default)
 
 
-def configured_monitors(callbacks: Iterable[Any] | None, target: Any) -> dict[str, str]:
+def configured_monitors(callbacks: Iterable[Any] | None, target: Any, checkpoint: Any = None) -> dict[str, str]:
     """Config key -> metric name for every callback ``monitor`` that will be read during ``fit``.
 
     ``target.monitor`` counts only with a ``target.target_accuracy`` set: otherwise TargetAccuracyStop reads
     nothing. ``trainer.callbacks`` entries are ``{class_path, init_args}``; a ``monitor: null`` monitors nothing.
     """
     monitors = {}
+    if checkpoint is not None and _get(checkpoint, "monitor") is not None:
+        monitors["checkpoint.monitor"] = str(_get(checkpoint, "monitor"))
     for index, callback in enumerate(callbacks or []):
         monitor = _get(_get(callback, "init_args", {}), "monitor")
         if monitor is not None:
@@ -115,11 +118,31 @@ def num_classes_problems(data: Any) -> list[str]:
     ]
 
 
+# Callbacks that are config sections of their own (always present for fit), by class name -> section.
+SECTION_CALLBACKS = {"SpotCheckpoint": "checkpoint", "SpotInterruption": "spot"}
+
+
+def section_callback_problems(callbacks: Iterable[Any] | None) -> list[str]:
+    """A config written before ``checkpoint:`` / ``spot:`` became sections: two checkpoint callbacks otherwise."""
+    problems = []
+    for index, callback in enumerate(callbacks or []):
+        class_path = str(_get(callback, "class_path", "") or "")
+        section = SECTION_CALLBACKS.get(class_path.rpartition(".")[2])
+        if section is not None:
+            problems.append(
+                f"trainer.callbacks[{index}] is {class_path}: it is always on for fit now, configured in the "
+                f"`{section}:` section. Move its init_args there ({section}.KEY: VALUE) and remove it from "
+                "trainer.callbacks."
+            )
+    return problems
+
+
 def fit_config_problems(config: Any) -> list[str]:
-    """Every problem of a parsed ``fit`` config (top level: trainer, model, data, target), one sentence each."""
+    """Every problem of a parsed ``fit`` config (trainer, model, data, target, checkpoint), one sentence each."""
     trainer, model = _get(config, "trainer"), _get(config, "model")
-    monitors = configured_monitors(_get(trainer, "callbacks"), _get(config, "target"))
+    monitors = configured_monitors(_get(trainer, "callbacks"), _get(config, "target"), _get(config, "checkpoint"))
     return [
+        *section_callback_problems(_get(trainer, "callbacks")),
         *monitor_problems(bool(_get(model, "use_ema")), monitors),
         *schedule_problems(model, _get(trainer, "max_epochs")),
         *num_classes_problems(_get(config, "data")),

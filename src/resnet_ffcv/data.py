@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from resnet_ffcv.dataset_format import CLASSES_FILE, IMAGE_FIELD, LABEL_FIELD, load_classes, validate_ffcv
+from resnet_ffcv.errors import InputNotFound, InvalidValue
 from resnet_ffcv.ffcv_loading import EpochLoader, ResumableOrder, cores_per_rank
 from resnet_ffcv.resolution import ResolutionSchedule, check_resolution
 
@@ -91,7 +92,9 @@ class FFCVDataModule(L.LightningDataModule):
         self.train_resolution = check_resolution(train_resolution, "data.train_resolution")
         check_resolution(val_resolution, "data.val_resolution")
         if batch_size < 1 or (global_batch_size is not None and global_batch_size < 1):
-            raise ValueError(f"data.batch_size={batch_size}, data.global_batch_size={global_batch_size}: expected >= 1")
+            raise InvalidValue(
+                f"data.batch_size={batch_size}, data.global_batch_size={global_batch_size}: expected >= 1"
+            )
         self.resolution = resolution if resolution is not None and resolution.active else None
         self._stage_batch_size: int | None = None  # from a resolution stage; None: the configured one
         self._train_loaders: dict[int, EpochLoader] = {}  # by batch size: a new size means a new (compiled) Loader
@@ -107,7 +110,7 @@ class FFCVDataModule(L.LightningDataModule):
 
     def _count_classes(self) -> int:
         if not self.classes_path.is_file():
-            raise FileNotFoundError(
+            raise InputNotFound(
                 f"{self.classes_path}: missing (written by `resnet-ffcv write-dataset`); "
                 "set data.num_classes or data.data_dir to the folder holding it"
             )
@@ -138,7 +141,7 @@ class FFCVDataModule(L.LightningDataModule):
         if global_batch is None:
             return self.hparams.batch_size
         if global_batch % self.world_size:
-            raise ValueError(
+            raise InvalidValue(
                 f"data.global_batch_size={global_batch} does not divide across {self.world_size} ranks "
                 "(trainer.devices x trainer.num_nodes)"
             )
@@ -160,7 +163,7 @@ class FFCVDataModule(L.LightningDataModule):
             self._check_train_batch_size(self.configured_batch_size(), "data.batch_size")
             self._check_schedule()
         if self._sizes[self.val_path] < self.world_size:
-            raise ValueError(
+            raise InvalidValue(
                 f"{self.val_path}: {self._sizes[self.val_path]} samples for {self.world_size} ranks: "
                 "expected at least one per rank"
             )
@@ -169,7 +172,7 @@ class FFCVDataModule(L.LightningDataModule):
         """Sample count of ``path``, checked once (schema, labels in range) before any loader reads it."""
         if path not in self._sizes:
             if not path.is_file():
-                raise FileNotFoundError(
+                raise InputNotFound(
                     f"{path}: missing .ffcv file (check data.data_dir / data.train_file / data.val_file)"
                 )
             self._sizes[path] = validate_ffcv(path, self.num_classes)
@@ -180,7 +183,7 @@ class FFCVDataModule(L.LightningDataModule):
         samples = self._samples(self.train_path)
         per_rank = math.ceil(samples / self.world_size)
         if self.hparams.drop_last and per_rank < batch_size:
-            raise ValueError(
+            raise InvalidValue(
                 f"{key}={batch_size}: {self.train_path} has {samples} samples, {per_rank} per rank for "
                 f"{self.world_size} ranks: not one full batch (lower it or set data.drop_last: false)"
             )
@@ -190,7 +193,7 @@ class FFCVDataModule(L.LightningDataModule):
         sizes = self.resolution.stage_batch_sizes() if self.resolution is not None else {}
         reload = self.trainer.reload_dataloaders_every_n_epochs if self.trainer is not None else 1
         if sizes and reload != 1:
-            raise ValueError(
+            raise InvalidValue(
                 "resolution.stages change the batch size: set trainer.reload_dataloaders_every_n_epochs: 1 "
                 f"(now {reload}) so each stage gets its own loader"
             )

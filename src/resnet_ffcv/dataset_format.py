@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from resnet_ffcv import atomic
+from resnet_ffcv.errors import InputNotFound, InvalidValue
 
 if TYPE_CHECKING:
     from ffcv.reader import Reader
@@ -63,19 +64,19 @@ def open_ffcv(path: str | Path) -> Reader:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such .ffcv file")
+        raise InputNotFound(f"{path}: no such .ffcv file")
     try:
         reader = Reader(str(path))
     except Exception as error:  # numpy / ffcv errors say nothing about which file
-        raise ValueError(f"{path}: not a readable .ffcv file ({type(error).__name__}: {error})") from error
+        raise InvalidValue(f"{path}: not a readable .ffcv file ({type(error).__name__}: {error})") from error
     found = {name: type(handler).__name__ for name, handler in reader.handlers.items()}
     for name, field_type in field_types().items():
         if name not in reader.handlers:
-            raise ValueError(
+            raise InvalidValue(
                 f"{path}: no field {name!r} (fields: {found}); expected {IMAGE_FIELD!r} and {LABEL_FIELD!r}"
             )
         if not isinstance(reader.handlers[name], field_type):
-            raise ValueError(f"{path}: field {name!r} is {found[name]}, expected {field_type.__name__}")
+            raise InvalidValue(f"{path}: field {name!r} is {found[name]}, expected {field_type.__name__}")
     return reader
 
 
@@ -91,12 +92,12 @@ def validate_ffcv(path: str | Path, num_classes: int | None, classes_key: str = 
     """
     reader = open_ffcv(path)
     if reader.num_samples == 0:
-        raise ValueError(f"{path}: holds no samples")
+        raise InvalidValue(f"{path}: holds no samples")
     if num_classes is not None:
         labels = field_metadata(reader, LABEL_FIELD)
         bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
         if bad.size:
-            raise ValueError(
+            raise InvalidValue(
                 f"{path}: label {int(labels[bad[0]])} at sample {int(bad[0])} is outside 0..{num_classes - 1} "
                 f"({classes_key}={num_classes}; {bad.size} samples out of range)"
             )

@@ -7,7 +7,6 @@ nothing, so a missing data file is reported as a failed line instead of a traceb
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import torch
 from resnet_ffcv import disk_speed
 from resnet_ffcv.config_checks import fit_config_problems
 from resnet_ffcv.dataset_format import CLASSES_FILE, load_classes, validate_ffcv
-from resnet_ffcv.lightning_cli import parse_config_only, parse_tool_args
+from resnet_ffcv.lightning_cli import checkpoint_dirpath, parse_config_only, parse_tool_args
 from resnet_ffcv.resume import LATEST_NAME, find_resume_checkpoint
 from resnet_ffcv.wandb_setup import is_wandb_logger, wandb_credentials, wandb_mode
 
@@ -107,6 +106,27 @@ def _nearest_existing(directory: Path) -> Path:
     return existing
 
 
+def check_on_mount(name: str, directory: Path | None) -> Check | None:
+    """A path like ``/data/checkpoints`` whose top folder is missing would be created on the root disk.
+
+    That is the volume the config expects (``/data``) not being mounted: files written there are lost with the
+    instance, and the free-space line would measure the wrong disk. Relative paths and paths that exist (or
+    whose top folder exists) are not judged: nothing says which disk they were meant for.
+    """
+    if directory is None or not directory.is_absolute() or len(directory.parts) < 3:
+        return None
+    existing = _nearest_existing(directory)
+    if existing != Path(directory.anchor):
+        return None
+    top = Path(*directory.parts[:2])
+    return Check(
+        f"{name} mount",
+        False,
+        f"{directory} would be created on the root filesystem {existing}: {top} does not exist "
+        f"(mount the volume at {top}, or configure a path on an existing disk)",
+    )
+
+
 def check_checkpoint_writable(directory: Path | None) -> Check:
     """Writable without writing: the directory, or the nearest existing parent it would be created in."""
     if directory is None:
@@ -140,7 +160,9 @@ def check_free_disk(directory: Path | None) -> Check:
     existing = _nearest_existing(directory)
     free = shutil.disk_usage(existing).free
     ok = free >= MIN_CHECKPOINT_FREE_GB * 1e9
-    return Check("checkpoint disk", ok, f"{directory}: {_gb(free)} free (need >= {MIN_CHECKPOINT_FREE_GB:.0f} GB)")
+    where = "" if existing == directory else f" on {existing}"
+    detail = f"{directory}: {_gb(free)} free{where} (need >= {MIN_CHECKPOINT_FREE_GB:.0f} GB)"
+    return Check("checkpoint disk", ok, detail)
 
 
 def check_shared_memory(path: Path = Path("/dev/shm")) -> Check:
@@ -163,36 +185,6 @@ def check_wandb(logger_class: str | None, logger_init_args) -> Check:
     return Check("W&B", True, "not logged in: the run logs offline (`wandb login` now, or `wandb sync` later)", True)
 
 
-def checkpoint_dir_from(callbacks) -> Path | None:
-    """The first configured callback argument that names a checkpoint directory."""
-    found = _checkpoint_callback(callbacks)
-    return None if found is None else Path(found[1])
-
-
-def _get(mapping, key: str, default=None):
-    return mapping.get(key, default) if hasattr(mapping, "get") else getattr(mapping, key, default)
-
-
-def _checkpoint_callback(callbacks) -> tuple[str, str, object] | None:
-    """(class_path, directory, init_args) of the first configured callback that names a checkpoint directory."""
-    for callback in callbacks or []:
-        init_args = _get(callback, "init_args", {}) or {}
-        for key in ("checkpoint_dir", "dirpath"):
-            if value := _get(init_args, key):
-                return str(_get(callback, "class_path", "")), str(value), init_args
-    return None
-
-
-def _latest_name(class_path: str) -> str:
-    """The file ``fit`` resumes from for this checkpoint class (``CHECKPOINT_NAME_LAST``, as ``fit`` reads it)."""
-    module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-        return f"{cls.CHECKPOINT_NAME_LAST}{cls.FILE_EXTENSION}"
-    except (ImportError, AttributeError, ValueError):
-        return LATEST_NAME
-
-
 def check_config_values(config) -> Check:
     """What ``fit`` would stop on before training: a monitor never logged, a warmup past max_epochs, ..."""
     problems = fit_config_problems(config)
@@ -203,18 +195,23 @@ def run_checks(config, ckpt_path: str | None = None) -> list[Check]:
     trainer, data = config.trainer, config.data
     logger = trainer.logger if hasattr(trainer.logger, "get") else None
     logger_class = logger.get("class_path") if logger is not None else None
-    checkpoint = _checkpoint_callback(trainer.callbacks)
-    directory = None if checkpoint is None else Path(checkpoint[1])
-    latest_name = LATEST_NAME if checkpoint is None else _latest_name(checkpoint[0])
-    auto_resume = checkpoint is None or bool(_get(checkpoint[2], "auto_resume", True))
+    directory = checkpoint_dirpath(config)  # the `checkpoint:` section: always present for fit
+    auto_resume = bool(config.checkpoint.auto_resume)
+    log_dir = (logger.get("init_args") or {}).get("save_dir") if logger is not None else None
+    mounts = [
+        check_on_mount(name, Path(path))
+        for name, path in (("checkpoint dir", directory), ("data dir", data.data_dir), ("log dir", log_dir))
+        if path is not None
+    ]
     return [
         check_gpus(trainer.devices, trainer.num_nodes or 1, str(trainer.accelerator)),
         check_cuda_nccl(str(trainer.accelerator), str(trainer.strategy)),
+        *[check for check in mounts if check is not None],
         *check_data(Path(data.data_dir), [data.train_file, data.val_file, "classes.json"]),
         Check("data read speed", *disk_speed.doctor_check(Path(data.data_dir), data.train_file)),
         check_checkpoint_writable(directory),
         check_free_disk(directory),
-        check_resume(directory, latest_name, auto_resume, ckpt_path),
+        check_resume(directory, LATEST_NAME, auto_resume, ckpt_path),
         check_shared_memory(),
         check_wandb(logger_class, logger.get("init_args") if logger is not None else None),
         check_config_values(config),

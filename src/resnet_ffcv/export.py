@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 
 from resnet_ffcv import atomic
+from resnet_ffcv.errors import InvalidValue
 
 BLUR_SUFFIX = ".blur_filter"
 
@@ -72,7 +73,7 @@ def export(
     output_path = Path(output)
     if format == "state_dict":
         if has_blur and blurpool == "refuse":
-            raise ValueError(
+            raise InvalidValue(
                 f"{ckpt_path}: the network uses BlurPool, which torchvision's {hparams.get('arch', 'model')} "
                 "lacks. Use --format torchscript for the exact network, or --blurpool drop to export the "
                 "convolution weights without the blur (outputs change: validate before use)."
@@ -92,7 +93,7 @@ def export(
         scripted = torch.jit.script(network.eval())
         _atomic_save(lambda path: scripted.save(str(path)), output_path)
     else:
-        raise ValueError(f"format={format!r}: expected state_dict or torchscript")
+        raise InvalidValue(f"format={format!r}: expected state_dict or torchscript")
     note = ", BlurPool dropped" if has_blur and format == "state_dict" else ""
     print(f"exported {hparams.get('arch', '?')} ({used} weights{note}) as {format} -> {output_path}")
     return output_path

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from resnet_ffcv.errors import UserError
 from resnet_ffcv.sources import UnreadableImage
 
 
@@ -37,7 +38,7 @@ class WriteResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-class WriteAborted(RuntimeError, ValueError):  # a ValueError: the CLI reports it as a user error
+class WriteAborted(UserError, RuntimeError, ValueError):  # a UserError: the CLI prints its message only
     """A worker hit a sample it may not skip, or died; the message names the sample."""
 
 

@@ -1,42 +1,46 @@
 """The LightningCLI behind ``resnet-ffcv fit / validate / test / predict``, and the same parse for the tools.
 
-``fit`` resumes by itself: with no ``--ckpt_path`` it continues from the latest checkpoint in the checkpoint
-callback's ``dirpath`` (or the newest loadable periodic one; names and rules in :mod:`resnet_ffcv.resume`),
-and a W&B logger continues the same run. Exit codes: 0 finished, 75 interrupted with a checkpoint saved
-(rerun the same command), anything else failed.
+``fit`` resumes by itself: with no ``--ckpt_path`` it continues from the latest checkpoint in
+``checkpoint.dirpath`` (or the newest loadable periodic one; names and rules in :mod:`resnet_ffcv.resume`),
+and a W&B logger continues the same run. Exit codes: 0 finished, 75 interrupted (rerun the same command),
+anything else failed. A user's mistake (:class:`resnet_ffcv.errors.UserError`) is one paragraph, no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
 
 import yaml
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from resnet_ffcv import atomic
+from resnet_ffcv.callbacks.checkpointing import DEFAULT_DIRPATH, SpotCheckpoint
 from resnet_ffcv.callbacks.cost import CostMonitor
 from resnet_ffcv.callbacks.metrics_csv import MetricsCSV
 from resnet_ffcv.callbacks.progress import ProgressPrinter
 from resnet_ffcv.callbacks.resolution import ResolutionMonitor
 from resnet_ffcv.callbacks.run_summary import RunSummary
-from resnet_ffcv.callbacks.spot import TrainingInterrupted
+from resnet_ffcv.callbacks.spot import SpotInterruption, TrainingInterrupted
 from resnet_ffcv.callbacks.target_accuracy import TargetAccuracyStop
 from resnet_ffcv.config_checks import ConfigError, check_fit_config
 from resnet_ffcv.data import FFCVDataModule
+from resnet_ffcv.errors import UserError, debug_enabled
 from resnet_ffcv.model import ImageClassifier
 from resnet_ffcv.resolution import ResolutionSchedule
 from resnet_ffcv.resume import (
-    IncompatibleCheckpointError,
     check_compatible,
     configured_checkpoint_dir,
     continue_wandb_run,
     resolve_resume_path,
 )
 from resnet_ffcv.run_dir import apply_run_dir, saved_config_path
+from resnet_ffcv.stop_signals import STOP, StopSignals
 from resnet_ffcv.wandb_setup import fall_back_to_offline_without_credentials, is_wandb_logger, prepare_wandb_logger
 
 # Library noise printed by every command, filtered narrowly (each has no argument that avoids it):
@@ -101,6 +105,11 @@ class ResNetCLI(LightningCLI):
             "predictions/) default into it; a path set on its own wins (resnet_ffcv/run_dir.py)",
         )
         parser.add_lightning_class_args(ProgressPrinter, "progress")
+        # Checkpointing and spot handling are never optional for fit: sections, not trainer.callbacks entries
+        # (a user restating that list to add a callback would silently drop them). Every subcommand accepts the
+        # sections (validate/predict read the same config files); only fit builds them (instantiate_trainer).
+        parser.add_class_arguments(SpotCheckpoint, "checkpoint", instantiate=False)
+        parser.add_class_arguments(SpotInterruption, "spot", instantiate=False)
 
     def before_instantiate_classes(self) -> None:
         # Here, on the parsed config, because the callbacks, logger and trainer are built from it next: a default
@@ -108,6 +117,8 @@ class ResNetCLI(LightningCLI):
         apply_run_dir(self.config[self.subcommand] if self.subcommand else self.config)
         if self.subcommand == "fit":  # a config mistake stops here, before any data or model is built
             check_fit_config(self.config.fit)
+            if not self.config.fit.spot.handle_signals and signal.getsignal(signal.SIGTERM) == STOP.handler:
+                StopSignals.restore({signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler})
         logger = self.config[self.subcommand].trainer.logger if self.subcommand else None
         if is_wandb_logger(logger):
             fall_back_to_offline_without_credentials(logger.get("init_args"))
@@ -117,8 +128,33 @@ class ResNetCLI(LightningCLI):
         for logger in self.trainer.loggers:
             prepare_wandb_logger(logger)
 
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """The Trainer, with the ``checkpoint`` and ``spot`` sections' callbacks added for ``fit``."""
+        if self.subcommand == "fit":
+            configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+            configured = configured if isinstance(configured, list) else [configured]
+            kwargs["callbacks"] = [*configured, *self._section_callbacks()]
+        return super().instantiate_trainer(**kwargs)
+
+    def _section_callbacks(self) -> list:
+        built = []
+        for section, cls in (("checkpoint", SpotCheckpoint), ("spot", SpotInterruption)):
+            arguments = self._get(self.config_init, section).as_dict()
+            try:
+                built.append(cls(**arguments))
+            except ValueError as error:  # the class's own argument checks: a config value, named
+                raise ConfigError(f"{section}: {error}") from error
+        return built
+
     def fit(self, model, datamodule=None, ckpt_path: str | None = None, **kwargs) -> None:
         """``trainer.fit`` with auto-resume, a compatibility check and W&B run continuity."""
+        if STOP.reason is not None and self.config.fit.spot.handle_signals:  # before anything was trained
+            message = (
+                f"{STOP.reason} during start-up: nothing trained, nothing new to save; exiting with code "
+                f"{TrainingInterrupted.exit_code} (rerun the same command to resume)"
+            )
+            print(message, file=sys.stderr)
+            raise TrainingInterrupted(message)
         checkpoint_dir = configured_checkpoint_dir(self.trainer)
         ckpt_path = resolve_resume_path(self.trainer, ckpt_path)
         if ckpt_path is not None:
@@ -169,8 +205,16 @@ def parse_tool_args(
     return own.parse_known_args(argv)
 
 
+def checkpoint_dirpath(config) -> Path:
+    """``checkpoint.dirpath`` of a parsed fit config, as ``fit`` will use it (null: the default directory)."""
+    return Path(config.checkpoint.dirpath or DEFAULT_DIRPATH)
+
+
 def run(argv: list[str]) -> None:
-    """``resnet-ffcv SUBCOMMAND ARGS`` for the Trainer subcommands; a user's mistake exits with one line."""
+    """``resnet-ffcv SUBCOMMAND ARGS`` for the Trainer subcommands; a user's mistake exits with one paragraph."""
+    subcommand = argv[0] if argv and not argv[0].startswith("-") else ""
+    if subcommand == "fit":  # a stop during start-up exits 75 (cli.main installs it earlier still, before torch)
+        STOP.install()
     try:
         with warnings.catch_warnings():
             # argv is sys.argv[1:] (or a test's list): the caution about passing both does not apply here.
@@ -188,5 +232,7 @@ def run(argv: list[str]) -> None:
             )
     except TrainingInterrupted as interruption:
         sys.exit(interruption.exit_code)
-    except (IncompatibleCheckpointError, ConfigError) as error:
-        sys.exit(f"resnet-ffcv: error: {error}")
+    except UserError as error:
+        if debug_enabled():
+            raise
+        sys.exit(f"{' '.join(filter(None, ('resnet-ffcv', subcommand)))}: error: {error}")

@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from resnet_ffcv import atomic
+from resnet_ffcv.errors import UserError
 
 LATEST_NAME = "checkpoint_latest.ckpt"
 BEST_NAME = "best_model.ckpt"
@@ -36,7 +37,7 @@ _PERIODIC_PATTERN = re.compile(rf"^{_PERIODIC_PREFIX}(\d+){re.escape(_SUFFIX)}$"
 SHAPE_HPARAMS = ("arch", "num_classes")
 
 
-class IncompatibleCheckpointError(ValueError):
+class IncompatibleCheckpointError(UserError, ValueError):
     """The checkpoint to resume from was written by a different model configuration."""
 
 

@@ -56,16 +56,8 @@ def _unset(settings: Any, key: str, cls: type) -> bool:
 
 
 def checkpoint_settings(config: Any) -> Any | None:
-    """The SpotCheckpoint's arguments: the ``checkpoint:`` section where the config has one, else the init_args of
-    the SpotCheckpoint entry in ``trainer.callbacks``; None when there is neither."""
-    section = config.get("checkpoint")
-    if section is not None:
-        return section
-    for entry in _entries(config.get("trainer", {}).get("callbacks")):
-        cls = _class_of(entry)
-        if cls is not None and issubclass(cls, SpotCheckpoint):
-            return entry.get("init_args")
-    return None
+    """The SpotCheckpoint's arguments: the ``checkpoint:`` section (None in a config without one)."""
+    return config.get("checkpoint")
 
 
 def _fill(settings: Any, key: str, cls: type, path: Path) -> None:

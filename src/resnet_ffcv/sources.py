@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from resnet_ffcv.errors import InputNotFound, InvalidValue
+
 # Formats Pillow identifies but cannot decode here: stubs without a decoder (BUFR, GRIB, HDF5; WMF outside
 # Windows), EPS (needs Ghostscript), MPEG (video, header only). Files of these stay stray files, not images.
 _NO_DECODER = {"BUFR", "GRIB", "HDF5", "WMF", "EPS", "MPEG"}
@@ -242,18 +244,18 @@ def list_imagefolder(
     for split in splits:
         split_dir = source_dir / split
         if not split_dir.is_dir():
-            raise FileNotFoundError(f"{split_dir}: missing split folder (expected <class>/<image files> inside)")
+            raise InputNotFound(f"{split_dir}: missing split folder (expected <class>/<image files> inside)")
         scans[split] = scan_imagefolder_split(split_dir)
         files, problems = scans[split]
         loose = sum(1 for problem in problems if problem.detail == "a file beside the class folders")
         if not files and loose:
-            raise FileNotFoundError(
+            raise InputNotFound(
                 f"{split_dir}: {loose} files and no class folders; images must be sorted into <class>/ "
                 "folders (ImageNet's flat val/: move each image into its wnid folder first, e.g. valprep.sh)"
             )
     first_files, _ = scans[splits[0]]
     if not first_files:
-        raise FileNotFoundError(f"{source_dir / splits[0]}: no class folders (expected <class>/<image files>)")
+        raise InputNotFound(f"{source_dir / splits[0]}: no class folders (expected <class>/<image files>)")
     wnids = [name for name, found in first_files.items() if found]
     index = {wnid: label for label, wnid in enumerate(wnids)}
 
@@ -297,7 +299,7 @@ def _find_split(available: list[str], split: str, source_dir: Path) -> str:
     for candidate in (split, *SPLIT_ALIASES.get(split, ())):
         if candidate in available:
             return candidate
-    raise FileNotFoundError(f"{source_dir}: no split {split!r} (found {sorted(available)})")
+    raise InputNotFound(f"{source_dir}: no split {split!r} (found {sorted(available)})")
 
 
 def _split_data_files(source_dir: Path) -> dict[str, list[str]]:
@@ -439,7 +441,7 @@ def _open_splits(datasets, source_dir: Path, splits: tuple[str, ...]) -> dict[st
         elif all(path.endswith(".parquet") for path in found):
             opened[split] = ("parquet", found)
         else:
-            raise ValueError(f"{source_dir}: split {split!r} mixes parquet and arrow files: {found[:4]}")
+            raise InvalidValue(f"{source_dir}: split {split!r} mixes parquet and arrow files: {found[:4]}")
     return opened
 
 
@@ -484,7 +486,7 @@ def list_huggingface(
         features, labels = _features_and_labels(datasets, kind, data, label_column)
         for column, key in ((image_column, "image_column"), (label_column, "label_column")):
             if column not in features:
-                raise ValueError(
+                raise InvalidValue(
                     f"{source_dir} split {split!r}: no column {column!r} ({key}); columns: {sorted(features)}"
                 )
         names = _label_names(features, label_column, labels)
@@ -532,13 +534,13 @@ def read_class_names(path: str | Path) -> dict[str, str]:
     if path.suffix == ".json":
         names = json.loads(text)
         if not isinstance(names, dict):
-            raise ValueError(f"{path}: expected a JSON object mapping class ids to names")
+            raise InvalidValue(f"{path}: expected a JSON object mapping class ids to names")
         return {str(key): str(value) for key, value in names.items()}
     names = {}
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             wnid, _, name = line.strip().partition(" ")
             if not name:
-                raise ValueError(f"{path}:{number}: expected '<class id> <name>', got {line!r}")
+                raise InvalidValue(f"{path}:{number}: expected '<class id> <name>', got {line!r}")
             names[wnid] = name.strip()
     return names

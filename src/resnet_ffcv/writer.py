@@ -39,6 +39,7 @@ from resnet_ffcv.dataset_format import (
     class_entries,
     save_classes,
 )
+from resnet_ffcv.errors import InputNotFound, InvalidValue, NotEnoughSpace, OutputExists, UserError
 from resnet_ffcv.ffcv_io import WriteAborted
 from resnet_ffcv.sources import (
     ClassInfo,
@@ -76,7 +77,7 @@ PRESETS = {
 }
 
 
-class DatasetProblems(ValueError):
+class DatasetProblems(UserError, ValueError):
     """Inputs refused by a ``fail`` policy; the message lists them and names the report file."""
 
 
@@ -137,7 +138,7 @@ def estimate_bytes(source, preset: Preset, samples: int, num_workers: int, seed:
 def check_free_space(output_dir: Path, needed: int, free: int | None, margin: float = 1.05) -> None:
     free = shutil.disk_usage(output_dir).free if free is None else free
     if needed * margin > free:
-        raise OSError(
+        raise NotEnoughSpace(
             f"{output_dir}: not enough free space: the output needs about {needed / 1e9:.2f} GB "
             f"(+{(margin - 1) * 100:.0f}% margin, estimated from a sample of images) "
             f"and {free / 1e9:.2f} GB are free; "
@@ -273,7 +274,7 @@ def write_dataset(
         report.refuse_listed(listings)
         for split, listing in listings.items():
             if len(listing.source) == 0:
-                raise FileNotFoundError(f"{source_dir}: split {split!r} has no images to write")
+                raise InputNotFound(f"{source_dir}: split {split!r} has no images to write")
         done = _complete_splits(output_dir, job.outputs, job.fingerprints, overwrite)
         todo = [split for split in splits if split not in done]
         report.keep_left_out_of(done)
@@ -303,11 +304,11 @@ def write_dataset(
 
 def _check_arguments(source_dir: Path, splits: tuple[str, ...], chunk_size: int, num_workers: int) -> None:
     if not source_dir.is_dir():
-        raise FileNotFoundError(f"source_dir={source_dir}: not a directory")
+        raise InputNotFound(f"source_dir={source_dir}: not a directory")
     if not splits:
-        raise ValueError("splits: expected at least one split name")
+        raise InvalidValue("splits: expected at least one split name")
     if chunk_size < 1 or num_workers < 1:
-        raise ValueError(f"chunk_size={chunk_size}, num_workers={num_workers}: expected positive integers")
+        raise InvalidValue(f"chunk_size={chunk_size}, num_workers={num_workers}: expected positive integers")
 
 
 def _list_source(source_dir: Path, splits: tuple[str, ...], source: str, image_column, label_column, names):
@@ -319,7 +320,7 @@ def _list_source(source_dir: Path, splits: tuple[str, ...], source: str, image_c
     else:
         classes, listings = list_imagefolder(source_dir, splits, names)
     if not classes:
-        raise FileNotFoundError(f"{source_dir}: no classes with images in split {splits[0]!r}")
+        raise InputNotFound(f"{source_dir}: no classes with images in split {splits[0]!r}")
     return source, classes, listings
 
 
@@ -327,7 +328,7 @@ def _check_policies(**policies: Policy) -> dict[str, Policy]:
     """The ``on_<kind>`` arguments by problem kind."""
     for kind, policy in policies.items():
         if policy not in ("fail", "skip"):
-            raise ValueError(f"on_{kind}={policy!r}: expected 'fail' or 'skip'")
+            raise InvalidValue(f"on_{kind}={policy!r}: expected 'fail' or 'skip'")
     return policies
 
 
@@ -425,7 +426,7 @@ def _complete_splits(output_dir: Path, outputs: dict[str, Path], fingerprints: d
     }
     existing = [str(path) for split, path in outputs.items() if split not in done and path.exists()]
     if existing and not overwrite:
-        raise FileExistsError(
+        raise OutputExists(
             f"{', '.join(existing)} already exist and {output_dir / MANIFEST_FILE} does not record them as "
             "written with these inputs and parameters; pass --overwrite true to replace them"
         )
@@ -445,7 +446,7 @@ def _read_report(report: Path) -> list[Problem]:
 
 def _resolve_preset(preset, write_mode, max_resolution, compress_probability, jpeg_quality) -> Preset:
     if preset not in PRESETS:
-        raise ValueError(f"preset={preset!r}: expected one of {sorted(PRESETS)}")
+        raise InvalidValue(f"preset={preset!r}: expected one of {sorted(PRESETS)}")
     base = PRESETS[preset]
     params = Preset(
         max_resolution=base.max_resolution if max_resolution is None else max_resolution,
@@ -454,14 +455,14 @@ def _resolve_preset(preset, write_mode, max_resolution, compress_probability, jp
         write_mode=base.write_mode if write_mode is None else write_mode,
     )
     if params.write_mode not in ("proportion", "jpg", "raw"):
-        raise ValueError(f"write_mode={params.write_mode!r}: expected 'proportion', 'jpg' or 'raw'")
+        raise InvalidValue(f"write_mode={params.write_mode!r}: expected 'proportion', 'jpg' or 'raw'")
     if not params.max_resolution >= 16 or params.max_resolution**2 * 3 > PAGE_SIZE:
         # A stored image must fit in one FFCV page (8 MiB): 1672 px square, raw.
-        raise ValueError(f"max_resolution={params.max_resolution}: expected 16..1672 pixels")
+        raise InvalidValue(f"max_resolution={params.max_resolution}: expected 16..1672 pixels")
     if not 0.0 <= params.compress_probability <= 1.0:
-        raise ValueError(f"compress_probability={params.compress_probability}: expected 0..1")
+        raise InvalidValue(f"compress_probability={params.compress_probability}: expected 0..1")
     if not 1 <= params.jpeg_quality <= 100:
-        raise ValueError(f"jpeg_quality={params.jpeg_quality}: expected 1..100")
+        raise InvalidValue(f"jpeg_quality={params.jpeg_quality}: expected 1..100")
     return params
 
 

@@ -59,6 +59,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.fsync(f.fileno())
 
 
+DEFAULT_DIRPATH = "checkpoints"  # relative to the working directory, when ``checkpoint.dirpath`` is null
+
+
 class SpotCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint arranged for spot instances: one directory, fixed names, atomic writes.
 
@@ -71,7 +74,8 @@ class SpotCheckpoint(ModelCheckpoint):
     Args:
         dirpath: the checkpoint directory; restarts look here, so it must outlive the instance: an EBS volume
             (not instance storage), or an object-store URL ``s3://bucket/run`` that outlives the zone too
-            (see :mod:`resnet_ffcv.storage`).
+            (see :mod:`resnet_ffcv.storage`). Null: ``checkpoints`` in the working
+            directory (with ``run_dir`` set, the CLI fills in ``<run_dir>/checkpoints``).
         monitor: metric that picks ``best_model.ckpt``: ``val/acc1``, or ``val/acc1_ema`` when EMA is on.
         mode: ``max`` for accuracies, ``min`` for losses.
         checkpoint_interval: write ``checkpoint_epoch_{N}.ckpt`` every this many epochs; 0 turns them off.
@@ -85,7 +89,7 @@ class SpotCheckpoint(ModelCheckpoint):
 
     def __init__(
         self,
-        dirpath: str = "checkpoints",
+        dirpath: str | None = None,
         monitor: str = "val/acc1",
         mode: str = "max",
         checkpoint_interval: int = 5,
@@ -93,6 +97,7 @@ class SpotCheckpoint(ModelCheckpoint):
         auto_resume: bool = True,
         verbose: bool = True,
     ):
+        dirpath = DEFAULT_DIRPATH if dirpath is None else dirpath
         if checkpoint_interval < 0:
             raise ValueError(f"SpotCheckpoint checkpoint_interval={checkpoint_interval}: expected >= 0 (0 = off)")
         if keep_periodic == 0 or keep_periodic < -1:

@@ -1,11 +1,14 @@
 """Use the two-minute spot notice: save ``checkpoint_latest.ckpt`` mid-epoch, exit before AWS reclaims.
 
 Rank 0 polls the EC2 instance metadata service (IMDSv2) in a background thread. SIGTERM and SIGINT set the
-same flag on whichever rank receives them. At the next training batch boundary all ranks learn it through one
-all-reduce, save ``checkpoint_latest.ckpt`` together, and leave ``trainer.fit`` by raising
-:class:`TrainingInterrupted`; ``resnet-ffcv`` turns that into exit code :data:`INTERRUPTED_EXIT_CODE` (75,
-EX_TEMPFAIL: "temporary failure, rerun me"). ``scripts/spot_training.sh`` reads it. On an epoch's last batch
-the stop waits for that epoch's validation and epoch-end checkpoint and happens at the next epoch's start.
+process's stop flag (:mod:`resnet_ffcv.stop_signals`, installed by ``resnet-ffcv fit`` at process start, so a
+signal during start-up is kept too). In a single process the flag is read after every training batch; under DDP
+all ranks learn it through one all-reduce every ``check_every_n_batches`` batches. Then all ranks save
+``checkpoint_latest.ckpt`` together and leave ``trainer.fit`` by raising :class:`TrainingInterrupted`;
+``resnet-ffcv`` turns that into exit code :data:`INTERRUPTED_EXIT_CODE` (75, EX_TEMPFAIL: "temporary failure,
+rerun me"). ``scripts/spot_training.sh`` reads it. A stop requested before the first batch exits 75 at once with
+nothing new to save. On an epoch's last batch the stop waits for that epoch's validation and epoch-end
+checkpoint and happens at the next epoch's start.
 
 Exit codes of ``resnet-ffcv fit``: 0 finished (max_epochs or target accuracy), 75 interrupted with
 ``checkpoint_latest.ckpt`` saved (rerun the same command), anything else failed.
@@ -14,11 +17,9 @@ Exit codes of ``resnet-ffcv fit``: 0 finished (max_epochs or target accuracy), 7
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import urllib.error
 import urllib.request
-from types import FrameType
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -26,8 +27,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from resnet_ffcv.callbacks.checkpointing import SpotCheckpoint
 from resnet_ffcv.resume import LATEST_NAME
+from resnet_ffcv.stop_signals import INTERRUPTED_EXIT_CODE, STOP
 
-INTERRUPTED_EXIT_CODE = 75  # sysexits.h EX_TEMPFAIL
+__all__ = ["INTERRUPTED_EXIT_CODE", "SpotInterruption", "TrainingInterrupted"]
 
 SPOT_ACTION_PATH = "latest/meta-data/spot/instance-action"
 REBALANCE_PATH = "latest/meta-data/events/recommendations/rebalance"
@@ -99,6 +101,9 @@ class InstanceMetadata:
 class SpotInterruption(Callback):
     """Save and exit cleanly on a spot interruption notice, SIGTERM or SIGINT (a second Ctrl-C aborts now).
 
+    Always present for ``fit``: the ``spot:`` config section holds these arguments (never ``trainer.callbacks``,
+    which a later config replaces whole).
+
     Args:
         endpoint: instance metadata service base URL; tests point it at a local server.
         poll_interval: seconds between polls (AWS suggests 5).
@@ -106,8 +111,9 @@ class SpotInterruption(Callback):
         stop_on_rebalance: also stop on a rebalance recommendation (often earlier than the notice; it may
             never be followed by an interruption).
         handle_signals: turn SIGTERM / SIGINT into the same save-and-exit.
-        check_every_n_batches: all-reduce the stop flag every this many batches (under DDP each check syncs
+        check_every_n_batches: under DDP, all-reduce the stop flag every this many batches (each check syncs
             the GPU with the host once; at ~0.05 s per step, 10 batches are half a second of the two minutes).
+            A single process reads its flag after every batch.
     """
 
     def __init__(
@@ -121,8 +127,8 @@ class SpotInterruption(Callback):
     ):
         if poll_interval <= 0 or request_timeout <= 0 or check_every_n_batches < 1:
             raise ValueError(
-                f"SpotInterruption: poll_interval={poll_interval} and request_timeout={request_timeout} "
-                f"must be > 0, check_every_n_batches={check_every_n_batches} >= 1"
+                f"spot.poll_interval={poll_interval} and spot.request_timeout={request_timeout} "
+                f"must be > 0, spot.check_every_n_batches={check_every_n_batches} >= 1"
             )
         self.endpoint = endpoint
         self.poll_interval = poll_interval
@@ -130,7 +136,7 @@ class SpotInterruption(Callback):
         self.stop_on_rebalance = stop_on_rebalance
         self.handle_signals = handle_signals
         self.check_every_n_batches = check_every_n_batches
-        self._reason: str | None = None
+        self._reason: str | None = None  # from the metadata service; signals live in STOP (the whole process)
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._previous_handlers: dict[int, object] = {}
@@ -138,7 +144,7 @@ class SpotInterruption(Callback):
     @property
     def stop_requested(self) -> str | None:
         """Why this rank wants to stop, or None."""
-        return self._reason
+        return self._reason or (STOP.reason if self.handle_signals else None)
 
     def request_stop(self, reason: str) -> None:
         if self._reason is None:
@@ -149,17 +155,30 @@ class SpotInterruption(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and not isinstance(trainer.checkpoint_callback, SpotCheckpoint):
             raise ValueError(
-                f"SpotInterruption saves {LATEST_NAME} through SpotCheckpoint: add "
-                "resnet_ffcv.callbacks.SpotCheckpoint to trainer.callbacks (found "
-                f"{type(trainer.checkpoint_callback).__name__})"
+                f"SpotInterruption saves {LATEST_NAME} through SpotCheckpoint (the `checkpoint:` section); "
+                f"the Trainer's checkpoint callback is {type(trainer.checkpoint_callback).__name__}"
             )
 
+    def _take_over_signals(self, trainer: L.Trainer) -> None:
+        """Puts our handler back over Lightning's (registered in ``Trainer._run`` after the setup hooks).
+
+        Lightning's handler calls ours too, but it also sets ``received_sigterm``, on which its loops raise
+        ``SIGTERMException`` (exit 0, or a lost epoch) at points of their choosing: that SIGTERM is ours now.
+        """
+        if not self.handle_signals:
+            return
+        previous = STOP.install()
+        self._previous_handlers = self._previous_handlers or previous
+        connector = getattr(trainer, "_signal_connector", None)
+        if getattr(connector, "received_sigterm", False):
+            STOP.reason = STOP.reason or "received SIGTERM"
+            connector.received_sigterm = False
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_over_signals(trainer)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # After Lightning registered its own SIGTERM handler (Trainer._run), so ours wins; restored at the
-        # end.
-        if self.handle_signals and threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+        self._take_over_signals(trainer)
         signals = "SIGTERM/SIGINT and " if self.handle_signals else ""
         rank_zero_info(
             f"Armed: {signals}spot notices from {self.endpoint} save {LATEST_NAME} and exit {INTERRUPTED_EXIT_CODE}"
@@ -168,14 +187,6 @@ class SpotInterruption(Callback):
             self._closing.clear()
             self._thread = threading.Thread(target=self.poll_until_notice, name="spot-notice-poller", daemon=True)
             self._thread.start()
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if signum == signal.SIGINT and self._reason is not None:
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # the second Ctrl-C aborts now
-            raise KeyboardInterrupt
-        if self._reason is None:  # no logging here: the handler may interrupt the logging module mid-write
-            self._reason = f"received {name}"
 
     def poll_until_notice(self) -> None:
         """The background thread: polls until a notice, a heeded rebalance or the end of training."""
@@ -202,11 +213,11 @@ class SpotInterruption(Callback):
     # -- the batch boundary --------------------------------------------------------------------------------
     def _all_ranks_stop(self, trainer: L.Trainer) -> bool:
         """True on every rank when any rank has a reason to stop (one all-reduce under DDP)."""
-        return trainer.strategy.reduce_boolean_decision(self._reason is not None, all=False)
+        return trainer.strategy.reduce_boolean_decision(self.stop_requested is not None, all=False)
 
     def _exit(self, trainer: L.Trainer, where: str) -> None:
         message = (
-            f"{self._reason or 'another rank was told to stop'}: {where}, step {trainer.global_step}; "
+            f"{self.stop_requested or 'another rank was told to stop'}: {where}, step {trainer.global_step}; "
             f"exiting with code {INTERRUPTED_EXIT_CODE} (rerun the same command to resume)"
         )
         rank_zero_info(message)
@@ -214,17 +225,20 @@ class SpotInterruption(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
         batches = trainer.num_training_batches
-        if (batch_idx + 1) % self.check_every_n_batches or batch_idx + 1 >= batches:
+        if batch_idx + 1 >= batches:
             # The epoch's last batch: let validation and the epoch-end checkpoint run, stop at the next epoch
             # start. (A checkpoint from the last batch's end resumes *past* that epoch's validation and
             # epoch-end hooks in Lightning 2.6: no val metrics, no periodic file for that epoch.)
             return
+        if trainer.world_size > 1 and (batch_idx + 1) % self.check_every_n_batches:
+            return  # the all-reduce only every N batches; one process reads its own flag every batch
         if self._all_ranks_stop(trainer):
             path = trainer.checkpoint_callback.save_latest(trainer)
             self._exit(trainer, f"saved {path} at epoch {trainer.current_epoch}, batch {batch_idx + 1}/{batches}")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Nothing trained since the last epoch-end save (or since the checkpoint this run resumed from).
+        # Nothing trained since the last epoch-end save, the checkpoint this run resumed from, or ever (a stop
+        # during start-up): nothing new to save.
         if self._all_ranks_stop(trainer):
             self._exit(trainer, f"stopping at the start of epoch {trainer.current_epoch}, nothing new to save")
 
@@ -233,9 +247,7 @@ class SpotInterruption(Callback):
         if self._thread is not None:
             self._thread.join(timeout=self.request_timeout + 1)
             self._thread = None
-        if threading.current_thread() is threading.main_thread():
-            for signum, handler in self._previous_handlers.items():
-                signal.signal(signum, handler)
+        STOP.restore(self._previous_handlers)
         self._previous_handlers = {}
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:

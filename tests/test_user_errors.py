@@ -1,0 +1,61 @@
+"""A user's mistake through the real CLI: one `resnet-ffcv SUBCOMMAND: error:` paragraph, no traceback, exit != 0.
+
+``RESNET_FFCV_DEBUG=1`` brings the traceback back (for reporting a bug in a check).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import yaml
+
+from .helpers import run_cli, trained_checkpoint
+from .spot_support import write_config
+
+
+def assert_one_paragraph(result, prefix: str, *named: str) -> str:
+    assert result.returncode not in (0, None), result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    [line] = [line for line in result.stderr.splitlines() if line.startswith(f"resnet-ffcv {prefix}: error:")]
+    for name in named:
+        assert name in line, line
+    return line
+
+
+def test_fit_with_a_missing_data_dir_names_the_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    config = write_config(tmp_path, missing)
+    result = run_cli("fit", "--config", str(config), cwd=tmp_path)
+    assert_one_paragraph(result, "fit", str(missing / "classes.json"), "data.data_dir")
+
+
+def test_fit_config_listing_spot_callbacks_names_the_new_sections(tmp_path, ffcv_dir):
+    """A config written before `checkpoint:` / `spot:` were sections: refused, not two checkpoint callbacks."""
+    config = yaml.safe_load(write_config(tmp_path, ffcv_dir).read_text())
+    config["trainer"]["callbacks"] = [
+        {"class_path": "resnet_ffcv.callbacks.SpotCheckpoint", "init_args": {"dirpath": str(tmp_path / "old")}},
+        {"class_path": "resnet_ffcv.callbacks.SpotInterruption"},
+    ]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(config))
+    result = run_cli("fit", "--config", str(tmp_path / "old.yaml"), cwd=tmp_path)
+    line = assert_one_paragraph(result, "fit", "trainer.callbacks[0] is resnet_ffcv.callbacks.SpotCheckpoint")
+    assert "`checkpoint:` section" in line and "trainer.callbacks[1]" in line and "`spot:` section" in line
+    assert not (tmp_path / "old").exists()
+
+
+def test_export_refusal_is_one_paragraph_and_debug_shows_the_traceback(tmp_path):
+    checkpoint = trained_checkpoint(tmp_path / "blur.ckpt", blurpool=True)
+    args = ("export", f"--ckpt_path={checkpoint}", f"--output={tmp_path / 'refused.pt'}")
+    assert_one_paragraph(run_cli(*args), "export", str(checkpoint), "--format torchscript")
+    debug = run_cli(*args, env={"RESNET_FFCV_DEBUG": "1"})
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "InvalidValue" in debug.stderr
+
+
+def test_write_dataset_policy_refusal_is_one_paragraph(tmp_path, image_folder):
+    source = shutil.copytree(image_folder, tmp_path / "source")
+    garbage = next((source / "train").iterdir()) / "garbage.JPEG"
+    garbage.write_bytes(b"not an image")
+    result = run_cli(
+        "write-dataset", f"--source_dir={source}", f"--output_dir={tmp_path / 'out'}", "--on_unreadable=fail"
+    )
+    assert_one_paragraph(result, "write-dataset", str(garbage), "cannot decode image")
