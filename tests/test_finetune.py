@@ -6,7 +6,7 @@ import lightning as L
 import pytest
 import torch
 
-from resnet_ffcv.config_checks import ConfigError
+from resnet_ffcv.errors import InvalidValue
 from resnet_ffcv.export import export
 from resnet_ffcv.model import ImageClassifier
 from resnet_ffcv.throughput import RepeatedBatches, synthetic_batch
@@ -57,9 +57,9 @@ def test_construction_loads_the_backbone_into_network_and_ema_with_a_new_head(ex
 
 
 def test_a_weights_file_of_another_arch_is_a_clear_error(exported):
-    with pytest.raises(ConfigError, match=r"seven\.pt: does not fit.*missing \(\d+\): layer1\.0\.bn3"):
+    with pytest.raises(InvalidValue, match=r"seven\.pt: does not fit.*missing \(\d+\): layer1\.0\.bn3"):
         ImageClassifier(arch="resnet50", num_classes=10, init_weights=exported["path"])
-    with pytest.raises(ConfigError, match="no such file"):
+    with pytest.raises(InvalidValue, match="no such file"):
         ImageClassifier(arch="resnet18", num_classes=10, init_weights="/nonexistent/weights.pt")
 
 

@@ -19,29 +19,7 @@ import torch
 
 from resnet_ffcv import atomic
 from resnet_ffcv.errors import InvalidValue
-
-BLUR_SUFFIX = ".blur_filter"
-
-
-def network_state_dict(checkpoint: dict, weights: Literal["ema", "raw"] = "ema") -> tuple[dict, str]:
-    """The network's state_dict from a Lightning checkpoint, and which weights it is (EMA if present)."""
-    state = checkpoint["state_dict"]
-    has_ema = any(key.startswith("ema.module.") for key in state)
-    prefix = "ema.module." if weights == "ema" and has_ema else "network."
-    used = "ema" if prefix == "ema.module." else "raw" + (" (the checkpoint has no EMA weights)" * (weights == "ema"))
-    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}, used
-
-
-def drop_blurpool(state: dict) -> dict:
-    """``X.blur_filter`` removed and ``X.conv.<param>`` renamed ``X.<param>``: torchvision's plain layout."""
-    wrapped = {key[: -len(BLUR_SUFFIX)] for key in state if key.endswith(BLUR_SUFFIX)}
-    plain = {}
-    for key, value in state.items():
-        if key.endswith(BLUR_SUFFIX):
-            continue
-        owner, _, name = key.rpartition(".conv.")
-        plain[f"{owner}.{name}" if owner in wrapped and "." not in name else key] = value
-    return plain
+from resnet_ffcv.networks import BLUR_SUFFIX, build_network, drop_blurpool, network_state_dict  # noqa: F401
 
 
 def _atomic_save(save, output: Path) -> None:
@@ -81,8 +59,6 @@ def export(
         plain = drop_blurpool(state) if has_blur else state
         _atomic_save(lambda path: torch.save(plain, path), output_path)
     elif format == "torchscript":
-        from resnet_ffcv.networks import build_network
-
         network = build_network(
             hparams.get("arch", "resnet50"),
             hparams.get("num_classes", 1000),

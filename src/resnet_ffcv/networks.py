@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from resnet_ffcv.config_checks import ConfigError
+from resnet_ffcv.errors import InvalidValue
 
 
 class BlurPoolConv2d(nn.Module):
@@ -85,29 +86,50 @@ def classifier_head(network: nn.Module, num_classes: int) -> str:
     return heads[-1]
 
 
+# -- state_dict layouts: ours (BlurPool wrappers, Lightning prefixes) and torchvision's plain one -----------------
+BLUR_SUFFIX = ".blur_filter"
+
+
+def network_state_dict(checkpoint: dict, weights: Literal["ema", "raw"] = "ema") -> tuple[dict, str]:
+    """The network's state_dict from a Lightning checkpoint, and which weights it is (EMA if present)."""
+    state = checkpoint["state_dict"]
+    has_ema = any(key.startswith("ema.module.") for key in state)
+    prefix = "ema.module." if weights == "ema" and has_ema else "network."
+    used = "ema" if prefix == "ema.module." else "raw" + (" (the checkpoint has no EMA weights)" * (weights == "ema"))
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}, used
+
+
+def drop_blurpool(state: dict) -> dict:
+    """``X.blur_filter`` removed and ``X.conv.<param>`` renamed ``X.<param>``: torchvision's plain layout."""
+    wrapped = {key[: -len(BLUR_SUFFIX)] for key in state if key.endswith(BLUR_SUFFIX)}
+    plain = {}
+    for key, value in state.items():
+        if key.endswith(BLUR_SUFFIX):
+            continue
+        owner, _, name = key.rpartition(".conv.")
+        plain[f"{owner}.{name}" if owner in wrapped and "." not in name else key] = value
+    return plain
+
+
 def _weights_file_state(path: str) -> dict[str, torch.Tensor]:
     """A plain state_dict from ``path``: torchvision's weights file, ``resnet-ffcv export``, or a training .ckpt."""
     if not Path(path).is_file():
-        raise ConfigError(f"model.init_weights={path}: no such file (expected a state_dict, e.g. from export)")
+        raise InvalidValue(f"model.init_weights={path}: no such file (expected a state_dict, e.g. from export)")
     loaded = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):  # a Lightning checkpoint
-        from resnet_ffcv.export import network_state_dict
-
         loaded = network_state_dict(loaded)[0]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise ConfigError(f"model.init_weights={path}: not a state_dict (a mapping of names to tensors)")
+        raise InvalidValue(f"model.init_weights={path}: not a state_dict (a mapping of names to tensors)")
     return loaded
 
 
 def load_init_weights(network: nn.Module, path: str, num_classes: int) -> list[str]:
     """Load the weights file ``path`` into ``network`` for fine-tuning; returns notes to print.
 
-    Both sides are compared in torchvision's plain layout (``export.drop_blurpool``), so a file with or without
+    Both sides are compared in torchvision's plain layout (``drop_blurpool``), so a file with or without
     BlurPool fits a network with or without it (the blur has no weights). A head of another class count is left
     at its fresh initialisation; every other key must match in name and shape.
     """
-    from resnet_ffcv.export import BLUR_SUFFIX, drop_blurpool
-
     notes = []
     own = network.state_dict()
     plain_to_own = drop_blurpool({key: key for key in own})  # plain name -> our name, blur filters left out
@@ -132,7 +154,7 @@ def load_init_weights(network: nn.Module, path: str, num_classes: int) -> list[s
             for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", mismatched))
             if keys
         ]
-        raise ConfigError(
+        raise InvalidValue(
             f"model.init_weights={path}: does not fit this network ({type(network).__name__}); keys "
             + "; ".join(problems)
             + ". Expected a state_dict of the same model.arch (e.g. written by `resnet-ffcv export`)."

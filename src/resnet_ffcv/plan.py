@@ -223,6 +223,18 @@ def _parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return parse_tool_args(parser, argv, (__doc__ or "").split("\n\n", 1)[-1].strip())
 
 
+def _train_images(given: int | None, train_path: Path, notes: list[str]) -> int:
+    """The training set's size: as given, else counted in train.ffcv, else ImageNet's (said in the notes)."""
+    if given is not None:
+        return given
+    if train_path.is_file():
+        from ffcv.reader import Reader
+
+        return int(Reader(str(train_path)).num_samples)
+    notes.append(f"{train_path} not found: ImageNet's {IMAGENET_TRAIN_IMAGES:,} images, synthetic batches only")
+    return IMAGENET_TRAIN_IMAGES
+
+
 def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
     own, fit_args = _parse_args(argv)
     config = parse_config_only(fit_args)
@@ -253,15 +265,8 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
 
         notes.append(f"{describe_plan(plan_from_config(config, stages))}; each compiles once, at its first step")
 
-    train_images = own.train_images
     train_path = Path(config.data.data_dir) / config.data.train_file
-    if train_images is None and train_path.is_file():
-        from ffcv.reader import Reader
-
-        train_images = int(Reader(str(train_path)).num_samples)
-    if train_images is None:
-        train_images = IMAGENET_TRAIN_IMAGES
-        notes.append(f"{train_path} not found: ImageNet's {IMAGENET_TRAIN_IMAGES:,} images, synthetic batches only")
+    train_images = _train_images(own.train_images, train_path, notes)
 
     projections = []
     for number, stage in enumerate(stages, 1):
