@@ -22,6 +22,7 @@ EVERY_SUBCOMMAND = (
     "inspect-dataset",
     "doctor",
     "evaluate",
+    "curves",
     "export",
     "plan",
 )

@@ -37,8 +37,8 @@ def run_config(tmp_path: Path, ffcv_dir: Path, run_dir: Path, extra_callbacks: l
     """tests/spot_config.yaml with no path of its own: everything defaults from ``run_dir``."""
     config = yaml.safe_load(BASE_CONFIG.read_text())
     del config["trainer"]["logger"]["init_args"]["save_dir"]
-    del config["trainer"]["callbacks"][0]["init_args"]["dirpath"]
-    config["trainer"]["callbacks"] += extra_callbacks or []
+    del config["checkpoint"]["dirpath"]
+    config["trainer"]["callbacks"] = extra_callbacks or []
     config["data"]["data_dir"] = str(ffcv_dir)
     config["run_dir"] = str(run_dir)
     path = tmp_path / "config.yaml"
@@ -64,18 +64,15 @@ def wandb_summary_keys(logs: Path) -> set[str]:
 def test_paths_default_from_run_dir_and_an_explicit_path_wins(tmp_path):
     config = parse_config_only(["--config", str(DEMO), f"--run_dir={tmp_path / 'run'}"])
     run = tmp_path / "run"
-    assert config.trainer.callbacks[0].init_args.dirpath == str(run / "checkpoints")
+    assert config.checkpoint.dirpath == str(run / "checkpoints")
     assert config.trainer.logger.init_args.save_dir == str(run / "logs")
     assert config.trainer.default_root_dir == str(run)
     assert (config.summary.path, config.metrics_csv.path) == (str(run / "summary.json"), str(run / "metrics.csv"))
 
     # One path set on its own (a later config, as a user layers them): it wins, the others still follow run_dir.
-    demo = yaml.safe_load(DEMO.read_text())
-    callbacks = demo["trainer"]["callbacks"]
-    callbacks[0]["init_args"]["dirpath"] = str(tmp_path / "elsewhere")
-    (tmp_path / "paths.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
+    (tmp_path / "paths.yaml").write_text(yaml.safe_dump({"checkpoint": {"dirpath": str(tmp_path / "elsewhere")}}))
     config = parse_config_only(["--config", str(DEMO), "--config", str(tmp_path / "paths.yaml"), f"--run_dir={run}"])
-    assert config.trainer.callbacks[0].init_args.dirpath == str(tmp_path / "elsewhere")
+    assert config.checkpoint.dirpath == str(tmp_path / "elsewhere")
     assert config.trainer.logger.init_args.save_dir == str(run / "logs")
     config = parse_config_only(["--config", str(DEMO), f"--run_dir={run}", "--summary.path=report.json"])
     assert config.summary.path == "report.json"
@@ -147,10 +144,10 @@ def test_fit_and_resume_fill_the_run_dir(ffcv_dir, tmp_path):
 def test_sigterm_writes_an_interrupted_summary(ffcv_dir, tmp_path, imds):
     """A spot stop (SIGTERM -> exit 75) still leaves summary.json, and a checkpoint dirpath set on its own wins."""
     run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
-    spot = {"class_path": "resnet_ffcv.callbacks.SpotInterruption", "init_args": {"endpoint": imds.endpoint}}
-    config = run_config(tmp_path, ffcv_dir, run, extra_callbacks=[spot])
+    config = run_config(tmp_path, ffcv_dir, run)
     settings = yaml.safe_load(config.read_text())
-    settings["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(elsewhere)
+    settings["spot"]["endpoint"] = imds.endpoint
+    settings["checkpoint"]["dirpath"] = str(elsewhere)
     config.write_text(yaml.safe_dump(settings))
     process = CLIProcess("fit", "--config", str(config), "--trainer.max_epochs=50", "--data.batch_size=2")
     process.wait_for_line("Armed: SIGTERM/SIGINT")
