@@ -112,8 +112,8 @@ class ResNetCLI(LightningCLI):
         options = self.config[self.subcommand]
         is_zero = rank_zero_only.rank == 0  # set from the environment: valid before the strategy starts ranks
         if is_zero:
+            checkpoint_lock.check_writable(checkpoint_dir)  # first: the lock file itself needs a writable dir
             checkpoint_lock.acquire(checkpoint_dir)  # held until this process exits
-            checkpoint_lock.check_writable(checkpoint_dir)
         if options.get("fresh_start") and ckpt_path is None:
             moved = move_aside(checkpoint_dir) if is_zero else None
             rank_zero_info(f"--fresh_start: starting from scratch{f'; old files moved to {moved}' if moved else ''}")
