@@ -83,10 +83,11 @@ def test_checkpoint_directory_survives_crashes_and_resumes(tmp_path, ffcv_dir):
     assert f"W&B run id {run_id} (continued" in b.output
     assert offline_run_ids(logs) == {run_id}
 
-    # The same command once more ("just rerun it"): the restored state says the target was met; no training.
+    # The same command once more ("just rerun it"): the checkpoint says the target was met; nothing is touched.
     again = CLIProcess("fit", "--config", str(with_target), *target)
     assert again.finish() == 0, again.output
-    assert "Target accuracy reached: val/acc5 >= 0.01 after epoch 1" in again.output
+    assert "already finished (the target accuracy was reached (val/acc5, after epoch 1)" in again.output
+    assert offline_run_ids(logs) == {run_id}  # no new W&B run
     assert load(checkpoints / "checkpoint_latest.ckpt")["global_step"] == 2 * epoch0_step
 
     # C (in-process: the check runs before the Trainer, no need for another CLI process): a checkpoint from

@@ -2,8 +2,12 @@
 
 ``fit`` resumes by itself: with no ``--ckpt_path`` it continues from the latest checkpoint in
 ``checkpoint.dirpath`` (or the newest loadable periodic one; names and rules in :mod:`resnet_ffcv.resume`),
-and a W&B logger continues the same run. Exit codes: 0 finished, 75 interrupted (rerun the same command),
-anything else failed. A user's mistake (:class:`resnet_ffcv.errors.UserError`) is one paragraph, no traceback.
+and a W&B logger continues the same run. Before training it guards the directory (docs/spot-safety.md): one
+``fit`` per directory (a lock), writable with room for the checkpoints, no silent start from scratch over
+unloadable checkpoints, no silent change of hyperparameters, and a finished run is not trained again.
+Exit codes: 0 finished, 75 interrupted with a checkpoint saved (rerun the same command), 74 disk full during a
+save, 2 a check before training refused, anything else failed. A user's mistake
+(:class:`resnet_ffcv.errors.UserError`) is one paragraph, no traceback.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import signal
 import sys
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
-from resnet_ffcv import atomic
+from resnet_ffcv import atomic, checkpoint_lock
 from resnet_ffcv.callbacks.checkpointing import DEFAULT_DIRPATH, SpotCheckpoint
 from resnet_ffcv.callbacks.cost import CostMonitor
 from resnet_ffcv.callbacks.metrics_csv import MetricsCSV
@@ -34,10 +40,17 @@ from resnet_ffcv.errors import UserError, debug_enabled
 from resnet_ffcv.model import ImageClassifier
 from resnet_ffcv.resolution import ResolutionSchedule
 from resnet_ffcv.resume import (
+    SettingsDiffer,
     check_compatible,
     configured_checkpoint_dir,
     continue_wandb_run,
+    describe_differences,
+    expected_checkpoint_bytes,
+    finished_reason,
+    load_checkpoint_header,
+    move_aside,
     resolve_resume_path,
+    settings_differences,
 )
 from resnet_ffcv.run_dir import apply_run_dir, saved_config_path
 from resnet_ffcv.stop_signals import STOP, StopSignals
@@ -146,8 +159,28 @@ class ResNetCLI(LightningCLI):
                 raise ConfigError(f"{section}: {error}") from error
         return built
 
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        """``fit`` alone gets the resume options (the other subcommands resume nothing)."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "fit":
+            parser.add_argument(
+                "--fresh_start",
+                type=bool,
+                default=False,
+                help="start from scratch although the checkpoint directory holds checkpoints: its files are "
+                "moved into <dir>/previous-<time>/, never deleted; false resumes",
+            )
+            parser.add_argument(
+                "--resume_with",
+                type=Literal["config", "checkpoint"] | None,
+                default=None,
+                help="when the config's model/data values differ from the checkpoint's: continue with the "
+                "config's values or the checkpoint's; null lists the differences and stops",
+            )
+        return parser
+
     def fit(self, model, datamodule=None, ckpt_path: str | None = None, **kwargs) -> None:
-        """``trainer.fit`` with auto-resume, a compatibility check and W&B run continuity."""
+        """``trainer.fit`` with a locked, checked checkpoint directory, auto-resume and W&B run continuity."""
         if STOP.reason is not None and self.config.fit.spot.handle_signals:  # before anything was trained
             message = (
                 f"{STOP.reason} during start-up: nothing trained, nothing new to save; exiting with code "
@@ -156,12 +189,79 @@ class ResNetCLI(LightningCLI):
             print(message, file=sys.stderr)
             raise TrainingInterrupted(message)
         checkpoint_dir = configured_checkpoint_dir(self.trainer)
-        ckpt_path = resolve_resume_path(self.trainer, ckpt_path)
+        if checkpoint_dir is None:
+            self.trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_resume_path(self.trainer, ckpt_path))
+            return
+        options = self.config[self.subcommand]
+        is_zero = rank_zero_only.rank == 0  # set from the environment: valid before the strategy starts ranks
+        if is_zero:
+            checkpoint_lock.check_writable(checkpoint_dir)  # first: the lock file itself needs a writable dir
+            checkpoint_lock.acquire(checkpoint_dir)  # held until this process exits
+        if options.get("fresh_start") and ckpt_path is None:
+            moved = move_aside(checkpoint_dir) if is_zero else None
+            rank_zero_info(f"--fresh_start: starting from scratch{f'; old files moved to {moved}' if moved else ''}")
+        else:
+            ckpt_path = resolve_resume_path(self.trainer, ckpt_path)
         if ckpt_path is not None:
             check_compatible(Path(ckpt_path), model)
-        if checkpoint_dir is not None:
-            continue_wandb_run(self.trainer, checkpoint_dir, resuming=ckpt_path is not None)
+            resumed = self._checked_resume(Path(ckpt_path), model, datamodule, options.get("resume_with"))
+            if resumed is None:
+                return
+            model, datamodule = resumed
+        if is_zero:
+            checkpoint_lock.check_room(checkpoint_dir, expected_checkpoint_bytes(model, self._files_kept()))
+        continue_wandb_run(self.trainer, checkpoint_dir, resuming=ckpt_path is not None)
         self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+
+    def _checked_resume(self, path: Path, model, datamodule, resume_with: str | None):
+        """None when the run is finished (said so; nothing is touched); else the (model, datamodule) to train."""
+        if "://" in str(path) or not path.is_file():
+            return model, datamodule
+        checkpoint = load_checkpoint_header(path, verify=False)  # verified when it was chosen
+        differences = settings_differences(checkpoint, model, datamodule)
+        if differences and resume_with is None:
+            raise SettingsDiffer(describe_differences(path, differences))
+        reason = finished_reason(checkpoint, self.trainer)
+        if reason is not None and not differences:
+            rank_zero_info(
+                f"This run is already finished ({reason}; checkpoint {path}): nothing to do. Raise "
+                "trainer.max_epochs to train longer, or use --fresh_start true to start over."
+            )
+            return None
+        if differences and resume_with == "checkpoint":
+            rank_zero_info(f"--resume_with checkpoint: using the checkpoint's values of {len(differences)} key(s)")
+            return _rebuilt(model, checkpoint["hyper_parameters"]), _rebuilt_data(
+                datamodule, checkpoint.get("datamodule_hyper_parameters")
+            )
+        if differences:
+            rank_zero_info(f"--resume_with config: {', '.join(f'{k}={v!r}' for k, _, v in differences)}")
+        return model, datamodule
+
+    def _files_kept(self) -> int:
+        """Latest, its temp copy during an overwrite, best, and the periodic files the retention policy keeps."""
+        callback = self.trainer.checkpoint_callback
+        interval = getattr(callback, "checkpoint_interval", 0)
+        keep = getattr(callback, "keep_periodic", -1)
+        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 0
+        periodic = 0 if not interval else (keep if keep > 0 else max_epochs // interval)
+        return 3 + periodic
+
+
+def _without_private(hparams) -> dict:
+    return {key: value for key, value in dict(hparams).items() if not key.startswith("_")}
+
+
+def _rebuilt(model, hparams):
+    """The same class built from the checkpoint's hyperparameters (``--resume_with checkpoint``)."""
+    return type(model)(**_without_private(hparams))
+
+
+def _rebuilt_data(datamodule, hparams):
+    if datamodule is None or hparams is None:
+        return datamodule
+    values = _without_private(hparams) | {key: datamodule.hparams[key] for key in ("data_dir", "num_workers")}
+    # num_classes and the resolution schedule are not hyperparameters of the datamodule (saved with the model).
+    return type(datamodule)(**values, num_classes=datamodule.num_classes, resolution=datamodule.resolution)
 
 
 class _ParseOnlyCLI(ResNetCLI):
@@ -232,6 +332,11 @@ def run(argv: list[str]) -> None:
             )
     except TrainingInterrupted as interruption:
         sys.exit(interruption.exit_code)
+    except checkpoint_lock.CheckpointGuardError as error:  # a refusal before training (2), a full disk (74)
+        if debug_enabled():
+            raise
+        print(f"{' '.join(filter(None, ('resnet-ffcv', subcommand)))}: error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
     except UserError as error:
         if debug_enabled():
             raise

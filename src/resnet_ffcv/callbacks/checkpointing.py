@@ -10,6 +10,7 @@ which is safe because nothing here rewrites a file in place: every write renames
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 import warnings
@@ -22,13 +23,26 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from resnet_ffcv import atomic
-from resnet_ffcv.resume import BEST_NAME, LATEST_NAME, WANDB_ID_FILE, periodic_checkpoints, periodic_name
+from resnet_ffcv import atomic, checkpoint_lock
+from resnet_ffcv.resume import (
+    BEST_NAME,
+    CHECKSUM_SUFFIX,
+    LATEST_NAME,
+    WANDB_ID_FILE,
+    checksum_path,
+    file_sha256,
+    periodic_checkpoints,
+    periodic_name,
+    write_checksum,
+)
 from resnet_ffcv.storage import RemoteCheckpointDir, is_url
 
 # Test seam: seconds to pause after the bytes are written and before the rename, when the write replaces an
 # existing file, so a test can kill -9 the process while a checkpoint is being overwritten. Tests only.
 WRITE_PAUSE_ENV = "RESNET_FFCV_TEST_CHECKPOINT_WRITE_PAUSE_S"
+# Test seam: a save that replaces an existing file fails with ENOSPC, as on a full disk (a full filesystem cannot
+# be made here without root). Tests only.
+DISK_FULL_ENV = "RESNET_FFCV_TEST_CHECKPOINT_DISK_FULL"
 
 
 # ModelCheckpoint warns about a non-empty directory; resuming from a non-empty directory is the point here.
@@ -50,13 +64,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO.save_checkpoint: storage_options are not supported")
         target = Path(path)
-        with atomic.replacing(target) as temp, open(temp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            pause = float(os.environ.get(WRITE_PAUSE_ENV, "0") or 0)
-            if pause > 0 and target.exists():
-                time.sleep(pause)
-            os.fsync(f.fileno())
+        try:
+            with atomic.replacing(target) as temp:
+                with open(temp, "wb") as f:
+                    torch.save(checkpoint, f)
+                    f.flush()
+                    pause = float(os.environ.get(WRITE_PAUSE_ENV, "0") or 0)
+                    if pause > 0 and target.exists():
+                        time.sleep(pause)
+                    if os.environ.get(DISK_FULL_ENV) and target.exists():
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(temp))
+                    os.fsync(f.fileno())
+                digest = file_sha256(temp)  # the bytes on disk (page cache: cheap), hashed once for every name
+                # The old sum goes before the rename: a kill in between leaves a file without a sum (accepted
+                # with a note), never a good file with a stale sum (which would be refused).
+                checksum_path(target).unlink(missing_ok=True)
+            write_checksum(target, digest)
+        except OSError as error:
+            if checkpoint_lock.is_disk_full(error):
+                raise checkpoint_lock.disk_full_error(target.parent, error) from None
+            raise
 
 
 DEFAULT_DIRPATH = "checkpoints"  # relative to the working directory, when ``checkpoint.dirpath`` is null
@@ -140,9 +167,12 @@ class SpotCheckpoint(ModelCheckpoint):
                 "a crash during a write could corrupt a checkpoint"
             )
         if trainer.is_global_zero and stage == "fit":
-            self.directory.mkdir(parents=True, exist_ok=True)
-            for stale in self.directory.glob(atomic.temp_name_pattern("*.ckpt")):  # left by a process killed mid-write
-                stale.unlink(missing_ok=True)
+            # The CLI took the lock before deciding the resume; a plain Trainer takes it here. Only the holder
+            # removes temp files, so they can only be a dead writer's (a live one holds the lock).
+            checkpoint_lock.acquire(self.directory)
+            for pattern in ("*.ckpt", f"*{CHECKSUM_SUFFIX}"):
+                for stale in self.directory.glob(atomic.temp_name_pattern(pattern)):  # a process killed mid-write
+                    stale.unlink(missing_ok=True)
             if self.remote is not None and (self.directory / WANDB_ID_FILE).is_file():  # written by the CLI
                 self.remote.upload_small(self.directory / WANDB_ID_FILE)
 
@@ -206,10 +236,22 @@ class SpotCheckpoint(ModelCheckpoint):
         return True
 
     def _publish(self, trainer: L.Trainer, source: Path, target: Path) -> None:
+        """``target`` becomes another name of ``source``, with its own copy of the checksum sidecar."""
         if trainer.is_global_zero:
-            atomic.link(source, target)
-            if self.remote is not None:
-                self.remote.copy(source.name, target.name)
+            try:
+                checksum_path(target).unlink(missing_ok=True)  # as in AtomicCheckpointIO: never a stale sum
+                atomic.link(source, target)
+                if checksum_path(source).is_file():
+                    atomic.write_bytes(
+                        checksum_path(target),
+                        checksum_path(source).read_bytes().replace(source.name.encode(), target.name.encode()),
+                    )
+                if self.remote is not None:
+                    self.remote.copy(source.name, target.name)
+            except OSError as error:
+                if checkpoint_lock.is_disk_full(error):
+                    raise checkpoint_lock.disk_full_error(self.directory, error) from None
+                raise
         trainer.strategy.barrier("SpotCheckpoint._publish")
 
     def _prune_periodic(self, trainer: L.Trainer) -> None:
@@ -217,5 +259,6 @@ class SpotCheckpoint(ModelCheckpoint):
             return
         for path in periodic_checkpoints(self.directory)[self.keep_periodic :]:
             path.unlink(missing_ok=True)
+            checksum_path(path).unlink(missing_ok=True)
         if self.remote is not None:
             self.remote.prune_periodic(self.keep_periodic)
