@@ -7,7 +7,7 @@
 #   FIT_ARGS        more `fit` arguments (optional)
 #   DATA_URL        where write-dataset's output lives: s3://bucket/prefix or a directory
 #   LOCAL_DATA      local directory it is staged into; becomes data.data_dir
-#   CHECKPOINT_URL  SpotCheckpoint's dirpath: s3://bucket/run (object storage outlives the zone; EBS does not)
+#   CHECKPOINT_URL  checkpoint.dirpath: s3://bucket/run (object storage outlives the zone; EBS does not)
 # SkyPilot's own variables: SKYPILOT_NODE_IPS (one IP a line, head node first), SKYPILOT_NODE_RANK,
 # SKYPILOT_NUM_NODES. With more than one node, Lightning's own cluster environment takes MASTER_ADDR,
 # MASTER_PORT and NODE_RANK and starts trainer.devices processes per node itself (as under SLURM, no launcher).
@@ -28,14 +28,13 @@ done
 # 1. Data at disk speed; a relaunch onto a disk that already holds it copies nothing.
 "$PYTHON" scripts/stage_data.py "$DATA_URL" "$LOCAL_DATA" || exit 2
 
-# 2. One resolved config with the bucket as checkpoint dir: a callbacks list has no per-item command-line override.
-config_args=()
-for config in $FIT_CONFIGS; do config_args+=(--config "$config"); done
-# shellcheck disable=SC2086  # FIT_ARGS is a list of words on purpose
-resolved=$("$PYTHON" -W ignore -m resnet_ffcv.cli fit "${config_args[@]}" --data.data_dir "$LOCAL_DATA" ${FIT_ARGS:-} \
-  --print_config) || { say "check failed: the configs do not parse"; exit 2; }
-run_config=$(mktemp --suffix=.yaml)
-RESOLVED=$resolved "$PYTHON" -m resnet_ffcv.storage "$CHECKPOINT_URL" >"$run_config" || exit 2
+# 2. The configs as they are, with the local data and the bucket as the checkpoint directory (checkpoint.dirpath).
+read -r -a configs <<<"$FIT_CONFIGS"
+fit_args=("${configs[0]}")
+for config in "${configs[@]:1}"; do fit_args+=(--config "$config"); done
+fit_args+=(--data.data_dir "$LOCAL_DATA" --checkpoint.dirpath "$CHECKPOINT_URL")
+# shellcheck disable=SC2206  # FIT_ARGS is a list of words on purpose
+fit_args+=(${FIT_ARGS:-})
 
 # 3. More than one node: Lightning's environment variables, from SkyPilot's.
 if [[ ${SKYPILOT_NUM_NODES:-1} -gt 1 ]]; then
@@ -45,7 +44,7 @@ if [[ ${SKYPILOT_NUM_NODES:-1} -gt 1 ]]; then
 fi
 
 # 4. Train (or resume); SIGTERM from SkyPilot's cancel or the OS reaches fit through spot_training.sh.
-bash scripts/spot_training.sh "$run_config" &
+bash scripts/spot_training.sh "${fit_args[@]}" &
 child=$!
 trap 'kill -TERM "$child" 2>/dev/null' TERM INT
 wait "$child"

@@ -30,7 +30,7 @@ def write_config(
     """``spot_config.yaml`` with this test's directories, extra callbacks, ``spot:`` and ``checkpoint:`` keys."""
     config = yaml.safe_load(BASE_CONFIG.read_text())
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
-    config["checkpoint"].update(dirpath=str(tmp_path / "checkpoints"), **checkpoint_args)
+    config["checkpoint"].update({"dirpath": str(tmp_path / "checkpoints"), **checkpoint_args})
     config["spot"].update(spot or {})
     if extra_callbacks:
         config["trainer"]["callbacks"] = extra_callbacks

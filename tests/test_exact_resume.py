@@ -72,18 +72,16 @@ def test_resume_after_spot_notice_matches_an_uninterrupted_run(tmp_path, imds):
         {"class_path": "tests.probes.BatchLog", "init_args": {"out_dir": None}},
         {"class_path": "tests.probes.ParameterDigest", "init_args": {"out_dir": None}},
     ]
-    spot = {
-        "class_path": "resnet_ffcv.callbacks.SpotInterruption",
-        "init_args": {"endpoint": imds.endpoint, "poll_interval": 0.2, "check_every_n_batches": 1},
-    }
+    spot = {"endpoint": imds.endpoint, "poll_interval": 0.2, "check_every_n_batches": 1}
     args = ["--trainer.max_epochs=2", "--model.cutmix_prob=0", "--model.mixup_alpha=0", f"--data.batch_size={BATCH}"]
 
     def config(name: str) -> Path:
         run = tmp_path / name
         run.mkdir()
         callbacks = [{**probe, "init_args": {"out_dir": str(run)}} for probe in probes]
-        # Probes first: they record a batch before SpotInterruption may stop at its end.
-        return write_config(run, data, extra_callbacks=[*callbacks, spot])
+        # The probes are trainer.callbacks; SpotInterruption (the spot: section) is added after them, so they
+        # record a batch before it may stop at its end.
+        return write_config(run, data, extra_callbacks=callbacks, spot=spot)
 
     whole, split = config("whole"), config("split")
     uninterrupted = CLIProcess("fit", "--config", str(whole), *args)

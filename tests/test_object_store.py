@@ -60,12 +60,9 @@ def s3_env():
     server.stop()
 
 
-def spot_callback(imds) -> dict:
-    """SpotInterruption (what turns SIGTERM into a save and exit 75) polling the fake metadata service."""
-    return {
-        "class_path": "resnet_ffcv.callbacks.SpotInterruption",
-        "init_args": {"endpoint": imds.endpoint, "poll_interval": 0.5, "check_every_n_batches": 1},
-    }
+def spot_settings(imds) -> dict:
+    """The ``spot:`` section (what turns SIGTERM into a save and exit 75) polling the fake metadata service."""
+    return {"endpoint": imds.endpoint, "poll_interval": 0.5, "check_every_n_batches": 1}
 
 
 def _remote(url: str, tmp_path: Path, name: str = "mirror") -> RemoteCheckpointDir:
@@ -79,7 +76,7 @@ def _load_remote(remote: RemoteCheckpointDir, name: str) -> dict:
 def test_fit_saves_to_bucket_stops_on_sigterm_and_resumes_on_a_new_machine(tmp_path, ffcv_dir, s3_env, imds):
     url = f"s3://{BUCKET}/journey"
     config = write_config(
-        tmp_path, ffcv_dir, [spot_callback(imds)], dirpath=url, checkpoint_interval=1, keep_periodic=1
+        tmp_path, ffcv_dir, spot=spot_settings(imds), dirpath=url, checkpoint_interval=1, keep_periodic=1
     )
     command = ("fit", "--config", str(config), "--data.batch_size", "2")
     remote = _remote(url, tmp_path, "inspect")

@@ -17,15 +17,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 
 from resnet_ffcv.callbacks.spot import INTERRUPTED_EXIT_CODE
 from resnet_ffcv.lightning_cli import parse_config_only
-from resnet_ffcv.storage import RemoteCheckpointDir, with_checkpoint_dir
+from resnet_ffcv.storage import RemoteCheckpointDir
 
 from .helpers import run_cli
 from .spot_support import REPO, write_config
-from .test_object_store import BUCKET, s3_env, spot_callback  # noqa: F401 - s3_env: the fixture
+from .test_object_store import BUCKET, s3_env  # noqa: F401 - s3_env: the fixture
 
 TASKS = sorted((REPO / "sky").glob("*.yaml"))
 REQUIRED = [("DATA_URL", "s3://bucket/imagenet-ffcv"), ("CHECKPOINT_URL", "s3://bucket/checkpoints/run")]
@@ -75,14 +74,6 @@ def test_task_file_parses_and_matches_its_training_config(path):
     assert task.envs["CHECKPOINT_URL"].startswith("s3://")
 
 
-def test_checkpoint_dir_override_replaces_only_the_spot_checkpoint_dir(ffcv_dir, tmp_path):
-    config = yaml.safe_load(with_checkpoint_dir((REPO / "configs" / "p4d_78pct.yaml").read_text(), "s3://b/r"))
-    [spot] = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("SpotCheckpoint")]
-    assert spot["init_args"]["dirpath"] == "s3://b/r" and spot["init_args"]["checkpoint_interval"] == 5
-    with pytest.raises(ValueError, match="SpotCheckpoint"):
-        with_checkpoint_dir("trainer: {callbacks: []}", "s3://b/r")
-
-
 def _run_task(path: Path, env: dict) -> subprocess.Popen:
     """The task's `run` command as SkyPilot runs it on a one-node cluster: bash, in the workdir, its envs set."""
     task = load_task(path)
@@ -113,7 +104,9 @@ def test_run_command_stages_data_stops_with_75_and_resumes_from_the_bucket(tmp_p
 
     fs = s3fs.S3FileSystem()
     fs.put(str(ffcv_dir) + "/", f"{BUCKET}/data/", recursive=True)
-    config = write_config(tmp_path, ffcv_dir, [spot_callback(imds)])  # the CPU stand-in for configs/p4d_78pct.yaml
+    config = write_config(
+        tmp_path, ffcv_dir, spot={"endpoint": imds.endpoint, "poll_interval": 0.5}
+    )  # the CPU stand-in for configs/p4d_78pct.yaml
     checkpoint_url = f"s3://{BUCKET}/sky-run"
     env = {
         "FIT_CONFIGS": str(config),
