@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import pytest
+import torch
 
 from resnet_ffcv.cli import main
 from resnet_ffcv.plan import Plan, Stage, format_plan, group_stages, project_stage
@@ -91,6 +92,28 @@ def test_plan_p4d_config_on_this_cpu(capsys, tmp_path):
     assert all(row["loader_images_per_s"] is None for row in saved["stages"])  # no data: synthetic only
     assert saved["total_cost_usd"] == pytest.approx(saved["total_seconds"] / 3600 * 11.0)
     assert "synthetic batches only" in out and "measured eagerly" in out and "$11.00/h" in out
+    assert "5 graphs" in out and "compile time per graph not measured" in out  # the count, and why no time
+
+
+def test_step_clock_times_the_first_step_apart():
+    """Where plan reads a compile's cost: the first step alone, against the steady ones (a deliberately slow one)."""
+    import time
+
+    import lightning as L
+
+    from resnet_ffcv.model import ImageClassifier
+    from resnet_ffcv.throughput import run_lightning_steps, synthetic_batch
+
+    class SlowFirstStep(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if batch_idx == 0:
+                time.sleep(0.5)  # stands in for a compile
+
+    module = ImageClassifier(arch="resnet18", num_classes=10, warmup_epochs=0, use_ema=False)
+    batch = synthetic_batch(2, 32, 10, torch.device("cpu"))
+    clock = run_lightning_steps(module, batch, 4, 1, "32-true", torch.device("cpu"), callbacks=[SlowFirstStep()])
+    steady = clock.seconds / 3
+    assert clock.first_step_seconds - steady > 0.4
 
 
 def test_plan_on_a_cpu_says_what_it_measures_and_stops_promptly_on_sigterm(tmp_path):

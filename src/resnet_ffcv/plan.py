@@ -138,7 +138,11 @@ def format_plan(plan: Plan, hardware: str, notes: list[str]) -> str:
 
 
 # -- measuring ----------------------------------------------------------------------------------------------------
-def _measure_step(config, resolution: int, batch: int, steps: int, warmup: int, device, precision: str) -> float:
+def _measure_step(
+    config, resolution: int, batch: int, steps: int, warmup: int, device, precision: str
+) -> tuple[float, float | None]:
+    """Images/s per device at steady state, and the compile seconds of this stage's training graph (the first step
+    minus a steady one; None where compile is off, as on the CPU)."""
     from resnet_ffcv.dataset_format import CLASSES_FILE, load_classes
     from resnet_ffcv.model import ImageClassifier
     from resnet_ffcv.throughput import run_lightning_steps, synthetic_batch
@@ -149,15 +153,12 @@ def _measure_step(config, resolution: int, batch: int, steps: int, warmup: int, 
     if device.type == "cpu":
         model_args["compile"] = False  # minutes of compiling for a CPU estimate: see the note
     module = ImageClassifier(**model_args)
-    seconds = run_lightning_steps(
-        module,
-        synthetic_batch(batch, resolution, module.hparams.num_classes, device),
-        steps,
-        warmup,
-        precision,
-        device,
-    ).seconds
-    return (steps - warmup) * batch / seconds
+    clock = run_lightning_steps(
+        module, synthetic_batch(batch, resolution, module.hparams.num_classes, device), steps, warmup, precision, device
+    )
+    steady_step = clock.seconds / (steps - warmup)
+    compile_seconds = max(0.0, clock.first_step_seconds - steady_step) if model_args["compile"] else None
+    return (steps - warmup) * batch / clock.seconds, compile_seconds
 
 
 def _measure_loader(config, resolution: int, batch: int, batches: int, devices_per_node: int) -> float | None:
@@ -235,6 +236,25 @@ def _train_images(given: int | None, train_path: Path, notes: list[str]) -> int:
     return IMAGENET_TRAIN_IMAGES
 
 
+def _compile_notes(config, stages: list[Stage], compiles: list[float]) -> list[str]:
+    """The planned graph count, and the measured compile time per training graph where compile ran."""
+    if not config.model.compile:
+        return []
+    from resnet_ffcv.compile_plan import describe_plan, plan_from_config
+
+    graphs = plan_from_config(config, stages)
+    notes = [f"{describe_plan(graphs)}; each compiles once, at its first step"]
+    if compiles:
+        per_graph = sum(compiles) / len(compiles)
+        notes.append(
+            f"torch.compile measured here: {per_graph:.0f} s per training graph (first step minus a steady one), "
+            f"about {per_graph * len(graphs) / 60:.1f} min for the {len(graphs)} graphs (eval graphs compile faster)"
+        )
+    else:
+        notes.append("torch.compile time per graph not measured: compile is off on the CPU (a GPU plan measures it)")
+    return notes
+
+
 def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
     own, fit_args = _parse_args(argv)
     config = parse_config_only(fit_args)
@@ -260,22 +280,20 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
     elif own.batch is not None:
         notes.append(f"measured at batch {own.batch} per device instead of each stage's batch")
     stages = group_stages(int(config.trainer.max_epochs), _schedule_of(config), config.data.batch_size)
-    if config.model.compile:  # the count only: a ResNet-50 compile takes minutes on a CPU
-        from resnet_ffcv.compile_plan import describe_plan, plan_from_config
-
-        notes.append(f"{describe_plan(plan_from_config(config, stages))}; each compiles once, at its first step")
-
     train_path = Path(config.data.data_dir) / config.data.train_file
     train_images = _train_images(own.train_images, train_path, notes)
 
-    projections = []
+    projections, compiles = [], []
     for number, stage in enumerate(stages, 1):
         batch = own.batch or stage.batch_size
         say(
             f"stage {number}/{len(stages)} (epochs {stage.first_epoch}-{stage.first_epoch + stage.epochs - 1}, "
             f"{stage.resolution} px): timing {own.steps} training steps at batch {batch} on {device.type} ..."
         )
-        step = _measure_step(config, stage.resolution, batch, own.steps, own.warmup, device, precision)
+        step, compile_seconds = _measure_step(config, stage.resolution, batch, own.steps, own.warmup, device, precision)
+        if compile_seconds is not None:
+            compiles.append(compile_seconds)
+            say(f"stage {number}/{len(stages)}: torch.compile of its training graph took {compile_seconds:.0f} s")
         say(f"stage {number}/{len(stages)}: {step:.1f} images/s per device")
         loader = _measure_loader(config, stage.resolution, batch, own.loader_batches, devices_per_node)
         if loader is not None:
@@ -283,6 +301,7 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
         projections.append(
             project_stage(stage, step, loader, devices_per_node * nodes, train_images, own.scaling_efficiency)
         )
+    notes += _compile_notes(config, stages, compiles)
     disk_extra, disk_note = disk_speed.extra_seconds(
         train_path, [row.epoch_seconds for row in projections for _ in range(row.stage.epochs)]
     )

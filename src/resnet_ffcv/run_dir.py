@@ -89,4 +89,5 @@ def apply_run_dir(config: Any) -> None:
 
 def saved_config_path(run_dir: str | Path, stage: str) -> Path:
     """Where a subcommand's resolved config is saved: fit's in the run directory, the others beside their output."""
+    stage = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn: its value is the subcommand's name
     return Path(run_dir) / SUBCOMMAND_DIRS.get(stage, stage) / CONFIG_NAME

@@ -42,8 +42,12 @@ class StepClock(L.Callback):
     def __init__(self, warmup: int):
         self.warmup, self.start, self.end = warmup, 0.0, 0.0
         self.marks: list[float] = []
+        self.first_step_seconds = 0.0  # step 0 alone: where torch.compile (and cuDNN autotuning) is paid
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            synchronize(pl_module.device)
+            self._first_start = time.perf_counter()
         if batch_idx == self.warmup:
             synchronize(pl_module.device)
             self.start = time.perf_counter()
@@ -51,6 +55,9 @@ class StepClock(L.Callback):
             self.marks.append(time.perf_counter())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            synchronize(pl_module.device)
+            self.first_step_seconds = time.perf_counter() - self._first_start
         if batch_idx + 1 == trainer.num_training_batches:
             synchronize(pl_module.device)
             self.end = time.perf_counter()
