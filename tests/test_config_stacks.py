@@ -56,6 +56,7 @@ OVERRIDES = [
     "--trainer.max_steps=2",
     "--trainer.limit_train_batches=2",
     "--trainer.limit_val_batches=2",
+    "--trainer.check_val_every_n_epoch=1",  # the p4d config validates every 5th epoch: here epoch 0 must validate
     "--trainer.enable_progress_bar=false",
     "--data.batch_size=4",
     "--data.val_batch_size=4",
@@ -143,7 +144,9 @@ def test_stack_trains_validates_and_checkpoints(name, ffcv_dir, tmp_path):
     assert (tmp_path / "checkpoints" / LATEST).is_file(), f"{name}: no {LATEST}"
     metrics = trainer.callback_metrics
     # config_checks judges monitors by this set: it must be exactly what the module logs.
-    assert {key for key in metrics if key.startswith("val/")} == validation_metrics(cli.model.hparams.use_ema)
+    assert {key for key in metrics if key.startswith("val/")} == validation_metrics(
+        cli.model.hparams.use_ema, cli.model.hparams.val_weights
+    )
     for monitor in {trainer.checkpoint_callback.monitor, cli.config.fit.target.monitor}:
         assert monitor in metrics and torch.isfinite(metrics[monitor]), f"{name}: {monitor} not logged"
 

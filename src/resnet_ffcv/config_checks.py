@@ -22,16 +22,21 @@ class ConfigError(UserError, ValueError):
     """A config value that would fail (or silently mistrain) only after data loading or epochs of training."""
 
 
-def validation_metrics(use_ema: bool) -> set[str]:
-    """What ``ImageClassifier`` logs at each validation: raw weights, EMA weights if kept, and the better one.
+def validation_metrics(use_ema: bool, val_weights: str = "both") -> set[str]:
+    """What ``ImageClassifier`` logs at each validation: the weights ``model.val_weights`` validates (raw, EMA if
+    kept), the better of them, and the validation's seconds.
 
     ``val/acc1_best`` / ``val/acc5_best`` exist with EMA on or off, so a monitor naming them survives a later
     config (or ``--model.use_ema false``) switching EMA off. tests/test_config_stacks.py checks this set against
     what a real run logs.
     """
-    suffixes = ("", "_ema", "_best") if use_ema else ("", "_best")
-    return {f"val/{name}{suffix}" for name in ("acc1", "acc5") for suffix in suffixes} | {
-        f"val/loss{suffix}" for suffix in suffixes if suffix != "_best"
+    from resnet_ffcv.model import eval_suffixes
+
+    suffixes = eval_suffixes(use_ema, val_weights)
+    return {f"val/{name}{suffix}" for name in ("acc1", "acc5", "loss") for suffix in suffixes} | {
+        "val/acc1_best",
+        "val/acc5_best",
+        "val/seconds",
     }
 
 
@@ -60,12 +65,12 @@ def configured_monitors(callbacks: Iterable[Any] | None, target: Any, checkpoint
     return monitors
 
 
-def monitor_problems(use_ema: bool, monitors: Mapping[str, str]) -> list[str]:
+def monitor_problems(use_ema: bool, monitors: Mapping[str, str], val_weights: str = "both") -> list[str]:
     """A sentence per monitor under ``val/`` that the module never logs with this ``model.use_ema``.
 
     Only ``val/`` names are judged: other metrics (``train/loss_epoch``, ``cost/usd``) come from elsewhere.
     """
-    logged = validation_metrics(use_ema)
+    logged = validation_metrics(use_ema, val_weights)
     problems = []
     for key, metric in monitors.items():
         if metric.startswith("val/") and metric not in logged:
@@ -143,7 +148,7 @@ def fit_config_problems(config: Any) -> list[str]:
     monitors = configured_monitors(_get(trainer, "callbacks"), _get(config, "target"), _get(config, "checkpoint"))
     return [
         *section_callback_problems(_get(trainer, "callbacks")),
-        *monitor_problems(bool(_get(model, "use_ema")), monitors),
+        *monitor_problems(bool(_get(model, "use_ema")), monitors, _get(model, "val_weights") or "both"),
         *schedule_problems(model, _get(trainer, "max_epochs")),
         *num_classes_problems(_get(config, "data")),
     ]
