@@ -143,8 +143,12 @@ class ResNetCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The Trainer, with the ``checkpoint`` and ``spot`` sections' callbacks added for ``fit``."""
-        if self.subcommand == "fit":
-            configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if self.subcommand == "fit" and trainer_config.get("enable_checkpointing") is False:
+            # An explicit opt-out (benchmarks, throwaway runs): no checkpoint, so nothing a spot stop could save.
+            rank_zero_info("trainer.enable_checkpointing is false: no checkpoints, no spot handling in this run")
+        elif self.subcommand == "fit":
+            configured = trainer_config.get("callbacks") or []
             configured = configured if isinstance(configured, list) else [configured]
             kwargs["callbacks"] = [*configured, *self._section_callbacks()]
         return super().instantiate_trainer(**kwargs)
