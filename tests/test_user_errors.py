@@ -59,3 +59,12 @@ def test_write_dataset_policy_refusal_is_one_paragraph(tmp_path, image_folder):
         "write-dataset", f"--source_dir={source}", f"--output_dir={tmp_path / 'out'}", "--on_unreadable=fail"
     )
     assert_one_paragraph(result, "write-dataset", str(garbage), "cannot decode image")
+
+
+def test_bad_model_and_resolution_values_are_one_line_naming_the_key(tmp_path, ffcv_dir):
+    """Values the classes themselves refuse (model, resolution schedule): the key and the expected range."""
+    config = write_config(tmp_path, ffcv_dir)
+    smoothing = run_cli("fit", "--config", str(config), "--model.label_smoothing", "1.5", cwd=tmp_path)
+    assert_one_paragraph(smoothing, "fit", "model.label_smoothing=1.5", "[0, 1)")
+    stages = run_cli("fit", "--config", str(config), "--resolution.stages", "[{start_epoch: 1, resolution: 64}]")
+    assert_one_paragraph(stages, "fit", "resolution.stages[0].start_epoch=1", "expected 0")

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from resnet_ffcv.errors import InvalidValue
+
 
 class EMA(AveragedModel):
     """EMA of ``network``: after each update, ``ema = decay * ema + (1 - decay) * network`` for every
@@ -78,7 +80,7 @@ class EMA(AveragedModel):
 
 def _check_decay(decay: float) -> None:
     if not 0.0 <= decay < 1.0:
-        raise ValueError(f"model.ema_decay={decay}: expected a value in [0, 1)")
+        raise InvalidValue(f"model.ema_decay={decay}: expected a value in [0, 1)")
 
 
 def decay_for_half_life(half_life_epochs: float, steps_per_epoch: float) -> float:
@@ -86,9 +88,9 @@ def decay_for_half_life(half_life_epochs: float, steps_per_epoch: float) -> floa
     ``0.5 ** (1 / (half_life_epochs * steps_per_epoch))``. An iterate ``t`` epochs old then carries
     ``2 ** (-t / half_life_epochs)`` of the average, whatever the batch size and dataset size."""
     if half_life_epochs <= 0:
-        raise ValueError(f"model.ema_half_life_epochs={half_life_epochs}: expected > 0 (epochs)")
+        raise InvalidValue(f"model.ema_half_life_epochs={half_life_epochs}: expected > 0 (epochs)")
     if not 0 < steps_per_epoch < math.inf:
-        raise ValueError(
+        raise InvalidValue(
             f"model.ema_half_life_epochs={half_life_epochs}: needs a training loader with a length "
             f"(steps per epoch: {steps_per_epoch}); set model.ema_decay (per step) instead"
         )

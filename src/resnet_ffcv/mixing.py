@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
+from resnet_ffcv.errors import InvalidValue
+
 
 class MixPolicy:
     """Chooses CutMix, MixUp or nothing for a batch and applies it.
@@ -36,11 +38,11 @@ class MixPolicy:
         stop_epoch: int | None = None,
     ):
         if not 0.0 <= cutmix_prob <= 1.0:
-            raise ValueError(f"model.cutmix_prob={cutmix_prob}: expected a probability in [0, 1]")
+            raise InvalidValue(f"model.cutmix_prob={cutmix_prob}: expected a probability in [0, 1]")
         if mixup_alpha < 0:
-            raise ValueError(f"model.mixup_alpha={mixup_alpha}: expected >= 0 (0 disables MixUp)")
+            raise InvalidValue(f"model.mixup_alpha={mixup_alpha}: expected >= 0 (0 disables MixUp)")
         if cutmix_prob > 0 and cutmix_alpha <= 0:
-            raise ValueError(f"model.cutmix_alpha={cutmix_alpha}: expected > 0 when cutmix_prob > 0")
+            raise InvalidValue(f"model.cutmix_alpha={cutmix_alpha}: expected > 0 when cutmix_prob > 0")
         self.cutmix_prob = cutmix_prob
         self.stop_epoch = stop_epoch
         self.cutmix = v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes) if cutmix_prob > 0 else None

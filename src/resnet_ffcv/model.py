@@ -24,6 +24,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from resnet_ffcv.callbacks.validation_schedule import ValidationSchedule
 from resnet_ffcv.compile_plan import CompiledNetworks, CompileMode, plan_for_trainer
 from resnet_ffcv.ema import EMA, decay_for_half_life
+from resnet_ffcv.errors import InvalidValue
 from resnet_ffcv.mixing import MixPolicy
 from resnet_ffcv.networks import build_network, classifier_head, load_init_weights
 from resnet_ffcv.schedules import Schedule, ScheduleName
@@ -70,27 +71,27 @@ def _check_arguments(
 ) -> None:
     """The ``model.*`` values no other part checks (schedule, mixing, EMA and network check their own)."""
     if val_last_epochs < 0:
-        raise ValueError(f"model.val_last_epochs={val_last_epochs}: expected >= 0 (0: every_n_epochs alone)")
+        raise InvalidValue(f"model.val_last_epochs={val_last_epochs}: expected >= 0 (0: every_n_epochs alone)")
     if lr_reference_batch is not None and lr_reference_batch <= 0:
-        raise ValueError(f"model.lr_reference_batch={lr_reference_batch}: expected a positive batch size or null")
+        raise InvalidValue(f"model.lr_reference_batch={lr_reference_batch}: expected a positive batch size or null")
     if predict_top_k < 1:
-        raise ValueError(f"model.predict_top_k={predict_top_k}: expected at least 1")
+        raise InvalidValue(f"model.predict_top_k={predict_top_k}: expected at least 1")
     if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"model.label_smoothing={label_smoothing}: expected a value in [0, 1)")
+        raise InvalidValue(f"model.label_smoothing={label_smoothing}: expected a value in [0, 1)")
 
 
 def _check_ema(
     use_ema: bool, ema_decay: float | None, ema_half_life_epochs: float | None, val_weights: ValWeights
 ) -> None:
     if ema_decay is not None and ema_half_life_epochs is not None:
-        raise ValueError(
+        raise InvalidValue(
             f"model.ema_decay={ema_decay} and model.ema_half_life_epochs={ema_half_life_epochs}: set one of them "
             "(the horizon in epochs, or the decay per optimizer step) and the other to null"
         )
     if ema_half_life_epochs is not None and ema_half_life_epochs <= 0:
-        raise ValueError(f"model.ema_half_life_epochs={ema_half_life_epochs}: expected > 0 (epochs)")
+        raise InvalidValue(f"model.ema_half_life_epochs={ema_half_life_epochs}: expected > 0 (epochs)")
     if val_weights == "ema" and not use_ema:
-        raise ValueError("model.val_weights='ema' with model.use_ema=false: there are no EMA weights to validate")
+        raise InvalidValue("model.val_weights='ema' with model.use_ema=false: there are no EMA weights to validate")
 
 
 def eval_suffixes(with_ema: bool, val_weights: ValWeights = "both") -> list[str]:
@@ -257,7 +258,7 @@ class ImageClassifier(L.LightningModule):
             for note in load_init_weights(self.network, init_weights, num_classes):
                 rank_zero_info(f"model.init_weights: {note}")
         if freeze_backbone_epochs < 0:
-            raise ValueError(f"model.freeze_backbone_epochs={freeze_backbone_epochs}: expected 0 or more epochs")
+            raise InvalidValue(f"model.freeze_backbone_epochs={freeze_backbone_epochs}: expected 0 or more epochs")
         self._backbone_frozen = False
         # A registered submodule: moved with the module and saved in its state_dict (so in every checkpoint).
         # With a horizon in epochs the decay is set when training starts (on_train_epoch_start): 0.9998 until then.
@@ -350,7 +351,7 @@ class ImageClassifier(L.LightningModule):
             return trainer.max_steps / trainer.num_training_batches
         if self.hparams.scheduler == "constant":
             return 1.0
-        raise ValueError(f"model.scheduler={self.hparams.scheduler}: needs trainer.max_epochs (or max_steps) to end")
+        raise InvalidValue(f"model.scheduler={self.hparams.scheduler}: needs trainer.max_epochs (or max_steps) to end")
 
     def peak_lr(self, global_batch: int) -> float:
         reference = self.hparams.lr_reference_batch

@@ -34,6 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from resnet_ffcv import atomic
+from resnet_ffcv.errors import InvalidValue
 from resnet_ffcv.sources import IMAGE_SUFFIXES, decode_rgb, is_image_file
 
 # Every name the dataset writer takes for an image (Pillow's decodable formats: .gif, .tif, .bmp, .ppm, ...),
@@ -72,7 +73,7 @@ def check_images(files: list[Path]) -> None:
             with Image.open(path) as image:
                 image.size  # noqa: B018  (the header is parsed by open; size proves it)
         except Exception as error:  # PIL raises many types; all mean "not an image we can read"
-            raise ValueError(
+            raise InvalidValue(
                 f"{path}: not a readable image ({type(error).__name__}: {error}); remove it from "
                 f"data.predict_path (expected an image file Pillow can read: {', '.join(_COMMON)}, ...)"
             ) from error
@@ -82,11 +83,11 @@ def predict_image_files(path: Path | None) -> list[Path] | None:
     """The images ``data.predict_path`` names (a folder, searched recursively, or one image), every header
     checked before a model runs; None for a ``.ffcv`` file, which the datamodule checks as it checks its own."""
     if path is None:
-        raise ValueError("data.predict_path is not set: expected a folder of images or a .ffcv file")
+        raise InvalidValue("data.predict_path is not set: expected a folder of images or a .ffcv file")
     if path.is_dir():
         files = list_images(path)
         if not files:
-            raise ValueError(
+            raise InvalidValue(
                 f"data.predict_path={path}: no image files in this folder "
                 f"({', '.join(PREDICT_SUFFIXES[:8])}, ... any format Pillow reads)"
             )
@@ -212,7 +213,7 @@ class PredictionWriter(BasePredictionWriter):
     def __init__(self, output: str = "predictions/predictions.csv", print_rows: int = 20):
         super().__init__(write_interval="batch")
         if print_rows < 0:
-            raise ValueError(f"PredictionWriter.print_rows={print_rows}: expected >= 0")
+            raise InvalidValue(f"PredictionWriter.print_rows={print_rows}: expected >= 0")
         self.output = Path(output)
         self.print_rows = print_rows
         self._indices: list[torch.Tensor] = []
@@ -222,7 +223,7 @@ class PredictionWriter(BasePredictionWriter):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "predict" and trainer.world_size > 1:
-            raise ValueError(
+            raise InvalidValue(
                 f"PredictionWriter gathers predictions in one process, this run has {trainer.world_size}: "
                 "set trainer.devices: 1 and trainer.num_nodes: 1 (configs/predict.yaml does)"
             )

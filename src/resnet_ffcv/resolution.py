@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from resnet_ffcv.errors import InvalidValue
+
 # FFCV itself takes any crop size (33 px works); multiples of 8 keep channels_last convolutions on tensor-core
 # friendly shapes and the ResNet stages' feature maps whole.
 RESOLUTION_MULTIPLE = 8
@@ -24,7 +26,7 @@ RESOLUTION_MULTIPLE = 8
 def check_resolution(resolution: int, key: str) -> int:
     """``resolution`` if it is a positive multiple of 8 pixels; else a ValueError naming ``key``."""
     if not isinstance(resolution, int) or resolution <= 0 or resolution % RESOLUTION_MULTIPLE:
-        raise ValueError(f"{key}={resolution!r}: expected a positive multiple of {RESOLUTION_MULTIPLE} pixels")
+        raise InvalidValue(f"{key}={resolution!r}: expected a positive multiple of {RESOLUTION_MULTIPLE} pixels")
     return resolution
 
 
@@ -85,7 +87,7 @@ class ResolutionSchedule:
         ramp = ("min_res", "max_res", "start_ramp", "end_ramp")
         missing = [key for key in ramp if getattr(self, key) is None]
         if 0 < len(missing) < len(ramp):
-            raise ValueError(f"resolution: a ramp needs min_res, max_res, start_ramp and end_ramp; missing {missing}")
+            raise InvalidValue(f"resolution: a ramp needs min_res, max_res, start_ramp and end_ramp; missing {missing}")
         if not missing:
             self._check_ramp()
 
@@ -94,20 +96,20 @@ class ResolutionSchedule:
         check_resolution(self.max_res, "resolution.max_res")
         check_resolution(self.round_to, "resolution.round_to")
         if self.min_res > self.max_res or self.start_ramp > self.end_ramp:
-            raise ValueError(
+            raise InvalidValue(
                 f"resolution: expected min_res <= max_res and start_ramp <= end_ramp, got min_res={self.min_res}, "
                 f"max_res={self.max_res}, start_ramp={self.start_ramp}, end_ramp={self.end_ramp}"
             )
 
     def _check_stages(self) -> None:
         if self.stages[0].start_epoch != 0:
-            raise ValueError(f"resolution.stages[0].start_epoch={self.stages[0].start_epoch}: expected 0")
+            raise InvalidValue(f"resolution.stages[0].start_epoch={self.stages[0].start_epoch}: expected 0")
         for index, stage in enumerate(self.stages):
             check_resolution(stage.resolution, f"resolution.stages[{index}].resolution")
             if stage.batch_size is not None and stage.batch_size < 1:
-                raise ValueError(f"resolution.stages[{index}].batch_size={stage.batch_size}: expected >= 1")
+                raise InvalidValue(f"resolution.stages[{index}].batch_size={stage.batch_size}: expected >= 1")
             if index and stage.start_epoch <= self.stages[index - 1].start_epoch:
-                raise ValueError(
+                raise InvalidValue(
                     f"resolution.stages[{index}].start_epoch={stage.start_epoch}: expected start epochs in "
                     "increasing order"
                 )
@@ -127,7 +129,7 @@ class ResolutionSchedule:
     def at(self, epoch: int) -> tuple[int, int | None]:
         """(resolution, per-device batch size or None for the configured one) for ``epoch``."""
         if not self.active:
-            raise ValueError("resolution: no stages and no ramp configured (the schedule is off)")
+            raise InvalidValue("resolution: no stages and no ramp configured (the schedule is off)")
         if not self.stages:
             return ramp_resolution(
                 epoch, self.min_res, self.max_res, self.start_ramp, self.end_ramp, self.round_to

@@ -25,6 +25,8 @@ from typing import Literal
 
 import numpy as np
 
+from resnet_ffcv.errors import InvalidValue
+
 # torch.optim.lr_scheduler.OneCycleLR's defaults: start at peak / 25, end at peak / (25 * 1e4); momentum cycles
 # between max_momentum 0.95 (at the start and the end) and base_momentum 0.85 (at the peak LR).
 ONECYCLE_DIV_FACTOR = 25.0
@@ -158,13 +160,13 @@ class Schedule:
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULES:
-            raise ValueError(f"model.scheduler={self.name!r}: expected one of {', '.join(SCHEDULES)}")
+            raise InvalidValue(f"model.scheduler={self.name!r}: expected one of {', '.join(SCHEDULES)}")
         if self.warmup_epochs < 0:
-            raise ValueError(f"model.warmup_epochs={self.warmup_epochs}: expected >= 0")
+            raise InvalidValue(f"model.warmup_epochs={self.warmup_epochs}: expected >= 0")
         if self.name == "triangular" and self.peak_epoch <= 0:
-            raise ValueError(f"model.lr_peak_epoch={self.peak_epoch}: expected > 0 for the triangular schedule")
+            raise InvalidValue(f"model.lr_peak_epoch={self.peak_epoch}: expected > 0 for the triangular schedule")
         if self.cycle_momentum and self.name != "onecycle":
-            raise ValueError(
+            raise InvalidValue(
                 f"model.cycle_momentum=true with model.scheduler={self.name!r}: only onecycle (torch's OneCycleLR) "
                 "cycles the momentum; set model.cycle_momentum: false or model.scheduler: onecycle"
             )

@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from resnet_ffcv import atomic, checkpoint_lock
+from resnet_ffcv.errors import InvalidValue
 from resnet_ffcv.resume import (
     BEST_NAME,
     CHECKSUM_SUFFIX,
@@ -126,9 +127,9 @@ class SpotCheckpoint(ModelCheckpoint):
     ):
         dirpath = DEFAULT_DIRPATH if dirpath is None else dirpath
         if checkpoint_interval < 0:
-            raise ValueError(f"SpotCheckpoint checkpoint_interval={checkpoint_interval}: expected >= 0 (0 = off)")
+            raise InvalidValue(f"SpotCheckpoint checkpoint_interval={checkpoint_interval}: expected >= 0 (0 = off)")
         if keep_periodic == 0 or keep_periodic < -1:
-            raise ValueError(f"SpotCheckpoint keep_periodic={keep_periodic}: expected -1 (all) or a count >= 1")
+            raise InvalidValue(f"SpotCheckpoint keep_periodic={keep_periodic}: expected -1 (all) or a count >= 1")
         self.remote: RemoteCheckpointDir | None = None
         if is_url(dirpath):  # object storage: files go to a local mirror, then the bucket (storage.py)
             self.remote = RemoteCheckpointDir(str(dirpath))
@@ -218,7 +219,7 @@ class SpotCheckpoint(ModelCheckpoint):
         current = candidates.get(self.monitor)
         if current is None:
             if trainer.fit_loop.epoch_loop.val_loop._has_run:  # as ModelCheckpoint decides it
-                raise ValueError(
+                raise InvalidValue(
                     f"SpotCheckpoint monitor={self.monitor!r}: not among the logged metrics {sorted(candidates)}"
                 )
             return False

@@ -14,6 +14,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from resnet_ffcv.errors import InvalidValue
+
 
 def images_in_batch(batch: Any) -> int:
     """``batch_size_fn`` for ThroughputMonitor: batches are ``(images, labels)``."""
@@ -33,7 +35,7 @@ class CostMonitor(L.Callback):
 
     def __init__(self, price_per_hour: float = 0.0, instance_type: str = "unknown", log_every_n_steps: int = 50):
         if price_per_hour < 0:
-            raise ValueError(f"CostMonitor.price_per_hour={price_per_hour}: expected a price >= 0 in USD per hour")
+            raise InvalidValue(f"CostMonitor.price_per_hour={price_per_hour}: expected a price >= 0 in USD per hour")
         self.price_per_hour = price_per_hour
         self.instance_type = instance_type
         self.log_every_n_steps = max(1, log_every_n_steps)

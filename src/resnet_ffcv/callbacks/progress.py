@@ -20,6 +20,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ProgressBar
 
 from resnet_ffcv.callbacks.cost import CostMonitor, images_in_batch
+from resnet_ffcv.errors import InvalidValue
 
 
 def format_duration(seconds: float) -> str:
@@ -40,9 +41,9 @@ class ProgressPrinter(L.Callback):
 
     def __init__(self, log_every_n_steps: int | None = None, lines: Literal["auto", "always", "never"] = "auto"):
         if lines not in ("auto", "always", "never"):
-            raise ValueError(f"progress.lines={lines!r}: expected auto, always or never")
+            raise InvalidValue(f"progress.lines={lines!r}: expected auto, always or never")
         if log_every_n_steps is not None and log_every_n_steps < 1:
-            raise ValueError(f"progress.log_every_n_steps={log_every_n_steps}: expected at least 1 (or null)")
+            raise InvalidValue(f"progress.log_every_n_steps={log_every_n_steps}: expected at least 1 (or null)")
         self.log_every_n_steps = log_every_n_steps
         self.lines = lines
         self.fields: dict[str, str] = {}

@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from resnet_ffcv.callbacks.checkpointing import SpotCheckpoint
+from resnet_ffcv.errors import InvalidValue
 from resnet_ffcv.resume import LATEST_NAME
 from resnet_ffcv.stop_signals import INTERRUPTED_EXIT_CODE, STOP
 
@@ -126,7 +127,7 @@ class SpotInterruption(Callback):
         check_every_n_batches: int = 10,
     ):
         if poll_interval <= 0 or request_timeout <= 0 or check_every_n_batches < 1:
-            raise ValueError(
+            raise InvalidValue(
                 f"spot.poll_interval={poll_interval} and spot.request_timeout={request_timeout} "
                 f"must be > 0, spot.check_every_n_batches={check_every_n_batches} >= 1"
             )
@@ -154,7 +155,7 @@ class SpotInterruption(Callback):
     # -- lifecycle -----------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and not isinstance(trainer.checkpoint_callback, SpotCheckpoint):
-            raise ValueError(
+            raise InvalidValue(
                 f"SpotInterruption saves {LATEST_NAME} through SpotCheckpoint (the `checkpoint:` section); "
                 f"the Trainer's checkpoint callback is {type(trainer.checkpoint_callback).__name__}"
             )

@@ -9,6 +9,8 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from resnet_ffcv.errors import InvalidValue
+
 # EarlyStopping stops when metric > threshold; we want >=. Accuracies are counts / N (1/50000 = 2e-5 on
 # ImageNet) logged as float32, so a margin far below one sample and above float32 rounding gives ">=".
 _AT_LEAST_MARGIN = 1e-6
@@ -33,7 +35,7 @@ class TargetAccuracyStop(EarlyStopping):
 
     def __init__(self, target_accuracy: float | None = None, monitor: str = "val/acc1_best"):
         if target_accuracy is not None and not 0.0 < target_accuracy <= 1.0:
-            raise ValueError(
+            raise InvalidValue(
                 f"TargetAccuracyStop target_accuracy={target_accuracy}: expected a fraction in (0, 1], "
                 "e.g. 0.78 for 78 % top-1"
             )

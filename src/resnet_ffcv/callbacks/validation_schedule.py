@@ -19,6 +19,8 @@ import time
 import lightning as L
 import torch
 
+from resnet_ffcv.errors import InvalidValue
+
 
 def validates(epoch: int, max_epochs: int | None, every_n_epochs: int | None, last_epochs: int) -> bool:
     """Whether epoch ``epoch`` (0-based) ends with a validation under this schedule."""
@@ -39,7 +41,7 @@ class ValidationSchedule(L.Callback):
 
     def __init__(self, last_epochs: int = 1):
         if last_epochs < 0:
-            raise ValueError(f"model.val_last_epochs={last_epochs}: expected >= 0")
+            raise InvalidValue(f"model.val_last_epochs={last_epochs}: expected >= 0")
         self.last_epochs = last_epochs
         self._every: int | None = None  # the configured N, read before this callback first changes it
         self._configured = False
