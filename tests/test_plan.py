@@ -93,6 +93,29 @@ def test_plan_p4d_config_on_this_cpu(capsys, tmp_path):
     assert saved["total_cost_usd"] == pytest.approx(saved["total_seconds"] / 3600 * 11.0)
     assert "synthetic batches only" in out and "measured eagerly" in out and "$11.00/h" in out
     assert "5 graphs" in out and "compile time per graph not measured" in out  # the count, and why no time
+    # p4d validates every 5th epoch and the last 10 (20 of 60), raw + EMA with flip TTA: 4 passes of 50,000 images.
+    assert "validation: 20 of 60 epochs" in out and "4 passes of 50,000 images at 256 px" in out
+    assert saved["validation_seconds"] > 0
+
+
+def test_plan_compiles_on_the_cpu_when_asked(capsys, ffcv_dir, tmp_path):
+    """--compile_on_cpu with a fast backend: the compile time per training graph is measured and printed."""
+    out = run_plan(
+        capsys,
+        "--steps=3",
+        "--warmup=1",
+        "--batch=2",
+        "--loader_batches=2",
+        "--compile_on_cpu",
+        "--config",
+        str(CONFIGS / "demo_cpu.yaml"),
+        f"--data.data_dir={ffcv_dir}",
+        "--model.compile=true",
+        "--model.compile_backend=aot_eager",
+        "--resolution.stages=[{start_epoch: 0, resolution: 32}]",
+        "--data.val_resolution=32",
+    )
+    assert "torch.compile measured here:" in out and "s per training graph" in out
 
 
 def test_step_clock_times_the_first_step_apart():

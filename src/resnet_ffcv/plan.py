@@ -63,10 +63,11 @@ class Plan:
     price_per_hour: float
     scaling_efficiency: float
     disk_extra_seconds: float = 0.0  # epochs that wait on reading train.ffcv from disk (disk_speed.py)
+    validation_seconds: float = 0.0  # every validation of the run (estimated: see validation_estimate)
 
     @property
     def total_seconds(self) -> float:
-        return sum(stage.stage_seconds for stage in self.stages) + self.disk_extra_seconds
+        return sum(stage.stage_seconds for stage in self.stages) + self.disk_extra_seconds + self.validation_seconds
 
     @property
     def total_cost(self) -> float:
@@ -139,7 +140,7 @@ def format_plan(plan: Plan, hardware: str, notes: list[str]) -> str:
 
 # -- measuring ----------------------------------------------------------------------------------------------------
 def _measure_step(
-    config, resolution: int, batch: int, steps: int, warmup: int, device, precision: str
+    config, resolution: int, batch: int, steps: int, warmup: int, device, precision: str, compile_on_cpu: bool = False
 ) -> tuple[float, float | None]:
     """Images/s per device at steady state, and the compile seconds of this stage's training graph (the first step
     minus a steady one; None where compile is off, as on the CPU)."""
@@ -150,7 +151,7 @@ def _measure_step(
     model_args = {key: value for key, value in vars(config.model).items() if not key.startswith("_")}
     classes = Path(config.data.data_dir) / CLASSES_FILE
     model_args["num_classes"] = config.data.num_classes or (len(load_classes(classes)) if classes.is_file() else 1000)
-    if device.type == "cpu":
+    if device.type == "cpu" and not compile_on_cpu:
         model_args["compile"] = False  # minutes of compiling for a CPU estimate: see the note
     module = ImageClassifier(**model_args)
     clock = run_lightning_steps(
@@ -221,7 +222,23 @@ def _parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--price_per_hour", type=float, default=None, help="default: the config's cost.price_per_hour")
     parser.add_argument("--scaling_efficiency", type=float, default=1.0, help="multi-GPU efficiency (1: linear)")
     parser.add_argument("--json", default=None, help="also write the plan here")
+    parser.add_argument(
+        "--compile_on_cpu",
+        action="store_true",
+        help="keep model.compile on a CPU too (ResNet-50 with inductor takes minutes per graph here; "
+        "--model.compile_backend aot_eager makes the same graphs in seconds)",
+    )
     return parse_tool_args(parser, argv, (__doc__ or "").split("\n\n", 1)[-1].strip())
+
+
+def _val_images(config) -> int:
+    """val.ffcv's count where the file is here, else ImageNet's validation set."""
+    path = Path(config.data.data_dir) / config.data.val_file
+    if not path.is_file():
+        return IMAGENET_VAL_IMAGES
+    from ffcv.reader import Reader
+
+    return int(Reader(str(path)).num_samples)
 
 
 def _train_images(given: int | None, train_path: Path, notes: list[str]) -> int:
@@ -234,6 +251,36 @@ def _train_images(given: int | None, train_path: Path, notes: list[str]) -> int:
         return int(Reader(str(train_path)).num_samples)
     notes.append(f"{train_path} not found: ImageNet's {IMAGENET_TRAIN_IMAGES:,} images, synthetic batches only")
     return IMAGENET_TRAIN_IMAGES
+
+
+# A validation pass is a forward pass only: about a third of a training step's work per pixel (forward + backward
+# ~ 3 forwards), so its rate is estimated from the measured training rate rather than measured (a second model run).
+FORWARD_SHARE_OF_STEP = 1 / 3
+IMAGENET_VAL_IMAGES = 50_000
+
+
+def validation_estimate(config, stages: list[StageProjection], devices: int, val_images: int) -> tuple[float, str]:
+    """Seconds of all the run's validations, and a note: which epochs validate (check_val_every_n_epoch and
+    model.val_last_epochs), passes per image (raw/EMA weights x flip TTA), at the last stage's measured rate."""
+    from resnet_ffcv.callbacks.validation_schedule import validates
+    from resnet_ffcv.model import eval_suffixes
+
+    model, trainer, last = config.model, config.trainer, stages[-1]
+    max_epochs = int(trainer.max_epochs)
+    every = trainer.check_val_every_n_epoch
+    epochs = sum(validates(e, max_epochs, every, model.val_last_epochs) for e in range(max_epochs))
+    passes = len(eval_suffixes(model.use_ema, model.val_weights)) * (2 if model.val_flip_tta else 1)
+    pixels = (config.data.val_resolution / last.stage.resolution) ** 2  # per image, relative to training
+    rate = last.step_images_per_s / FORWARD_SHARE_OF_STEP / pixels * devices  # images/s, all devices
+    per_validation = val_images * passes / rate
+    seconds = per_validation * epochs
+    train = sum(stage.stage_seconds for stage in stages)
+    note = (
+        f"validation: {epochs} of {max_epochs} epochs x {per_validation:.0f} s ({passes} passes of {val_images:,} "
+        f"images at {config.data.val_resolution} px) = {_minutes(seconds)}, {seconds / (train + seconds):.1%} of "
+        "the run (estimated: a forward pass = 1/3 of a training step per pixel, at the last stage's measured rate)"
+    )
+    return seconds, note
 
 
 def _compile_notes(config, stages: list[Stage], compiles: list[float]) -> list[str]:
@@ -251,7 +298,7 @@ def _compile_notes(config, stages: list[Stage], compiles: list[float]) -> list[s
             f"about {per_graph * len(graphs) / 60:.1f} min for the {len(graphs)} graphs (eval graphs compile faster)"
         )
     else:
-        notes.append("torch.compile time per graph not measured: compile is off on the CPU (a GPU plan measures it)")
+        notes.append("torch.compile time per graph not measured: compile is off on the CPU (--compile_on_cpu)")
     return notes
 
 
@@ -261,17 +308,14 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
     devices_per_node, nodes = _devices(config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = str(config.trainer.precision)
-    notes = [
-        f"throughput assumed to scale x{own.scaling_efficiency:g} linearly over {devices_per_node * nodes} GPUs",
-        "validation passes are not counted",
-    ]
+    notes = [f"throughput assumed to scale x{own.scaling_efficiency:g} linearly over {devices_per_node * nodes} GPUs"]
     if device.type == "cpu":
         hardware = f"CPU ({os.cpu_count()} cores): GPU figures need a GPU machine"
         if precision != "32-true":
             notes.append(f"precision {precision} measured as 32-true on the CPU")
             precision = "32-true"
-        if config.model.compile:
-            notes.append("model.compile measured eagerly on the CPU")
+        if config.model.compile and not own.compile_on_cpu:
+            notes.append("model.compile measured eagerly on the CPU (--compile_on_cpu to compile here)")
     else:
         hardware = torch.cuda.get_device_name(device)
     if own.batch is None and device.type == "cpu":
@@ -290,7 +334,9 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
             f"stage {number}/{len(stages)} (epochs {stage.first_epoch}-{stage.first_epoch + stage.epochs - 1}, "
             f"{stage.resolution} px): timing {own.steps} training steps at batch {batch} on {device.type} ..."
         )
-        step, compile_seconds = _measure_step(config, stage.resolution, batch, own.steps, own.warmup, device, precision)
+        step, compile_seconds = _measure_step(
+            config, stage.resolution, batch, own.steps, own.warmup, device, precision, own.compile_on_cpu
+        )
         if compile_seconds is not None:
             compiles.append(compile_seconds)
             say(f"stage {number}/{len(stages)}: torch.compile of its training graph took {compile_seconds:.0f} s")
@@ -306,6 +352,10 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
         train_path, [row.epoch_seconds for row in projections for _ in range(row.stage.epochs)]
     )
     notes += [disk_note] if disk_note else []
+    validation, validation_note = validation_estimate(
+        config, projections, devices_per_node * nodes, _val_images(config)
+    )
+    notes.append(validation_note)
     plan = Plan(
         projections,
         devices_per_node * nodes,
@@ -313,6 +363,7 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
         _price_of(config, own.price_per_hour),
         own.scaling_efficiency,
         disk_extra,
+        validation,
     )
     if own.json:
         Path(own.json).write_text(
