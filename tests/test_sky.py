@@ -13,17 +13,20 @@ import shutil
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from resnet_ffcv.callbacks.spot import INTERRUPTED_EXIT_CODE
+from resnet_ffcv.dataset_format import validate_ffcv
 from resnet_ffcv.lightning_cli import parse_config_only
 from resnet_ffcv.storage import RemoteCheckpointDir
 
 from .helpers import run_cli
 from .spot_support import REPO, write_config
+from .test_multinode import free_port
 from .test_object_store import BUCKET, s3_env  # noqa: F401 - s3_env: the fixture
 
 TASKS = sorted((REPO / "sky").glob("*.yaml"))
@@ -145,6 +148,67 @@ def test_run_command_stages_data_stops_with_75_and_resumes_from_the_bucket(tmp_p
     assert "already holds this dataset" in output
     assert f"Resuming from {tmp_path / 'second-machine'}" in output
     assert remote.problem("checkpoint_epoch_2.ckpt") is None
+
+
+def _finish_together(nodes: list[subprocess.Popen], timeout: float) -> list[str]:
+    """Each node's output, read at once (a full pipe must not stall the rank the others wait for). The first
+    node to fail takes the others down: a rank left alone waits for its peers for Lightning's 30-minute timeout."""
+    with ThreadPoolExecutor(len(nodes)) as pool:
+        futures = {pool.submit(node.communicate, timeout=timeout): node for node in nodes}
+        try:
+            for future in as_completed(futures):
+                if futures[future].returncode != 0:
+                    break
+        finally:
+            for node in nodes:
+                if node.poll() is None:
+                    os.killpg(node.pid, signal.SIGKILL)
+    return [future.result()[0] for future in futures]
+
+
+@pytest.mark.slow
+def test_two_node_task_runs_as_two_lightning_ranks_on_one_host(tmp_path, ffcv_dir):
+    """sky/2x_p4d.yaml's `run` on two "nodes" (both 127.0.0.1), as SkyPilot starts it on each: no torchrun, only
+    SkyPilot's variables, which sky/run.sh maps to Lightning's; DDP over gloo on the CPU."""
+    import torch
+
+    batch_size = 8
+    config = write_config(tmp_path, ffcv_dir)  # the CPU stand-in for the p4d recipe + configs/instances/2x_p4d.yaml
+    fit_args = [
+        f"--data.batch_size {batch_size}",
+        "--trainer.num_nodes 2 --trainer.devices 1 --trainer.accelerator cpu --trainer.strategy ddp",  # gloo
+        "--trainer.max_epochs 1 --trainer.limit_val_batches 1",
+    ]
+    cluster = {"SKYPILOT_NODE_IPS": "127.0.0.1\n127.0.0.1", "SKYPILOT_NUM_NODES": "2", "MASTER_PORT": str(free_port())}
+    checkpoints = tmp_path / "bucket"
+    nodes = [
+        _run_task(
+            REPO / "sky" / "2x_p4d.yaml",
+            {
+                **cluster,
+                "SKYPILOT_NODE_RANK": str(rank),
+                "FIT_CONFIGS": str(config),
+                "FIT_ARGS": " ".join(fit_args),
+                "DATA_URL": str(ffcv_dir),
+                "LOCAL_DATA": str(tmp_path / f"node{rank}-data"),  # each node stages its own copy
+                "CHECKPOINT_URL": str(checkpoints),
+            },
+        )
+        for rank in (0, 1)
+    ]
+    outputs = _finish_together(nodes, timeout=600)
+    codes = [node.returncode for node in nodes]
+    assert codes == [0, 0], "\n-- node 1 --\n".join(output[-3000:] for output in outputs)
+    for rank, output in enumerate(outputs):
+        assert f"node {rank} of 2, master 127.0.0.1:{cluster['MASTER_PORT']}" in output
+        assert f"Initializing distributed: GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in output, output[-4000:]
+        assert (tmp_path / f"node{rank}-data" / "train.ffcv").stat().st_size == (ffcv_dir / "train.ffcv").stat().st_size
+
+    # One epoch of 80 images over 2 ranks of 8: 40 per rank, 5 steps (one rank alone would take 10).
+    train_samples = validate_ffcv(ffcv_dir / "train.ffcv", None)  # the fixture's size, from the file itself
+    checkpoint = torch.load(checkpoints / "checkpoint_latest.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == train_samples // (2 * batch_size) == 5
+    assert checkpoint["epoch"] == 0 and (checkpoints / "checkpoint_epoch_1.ckpt").is_file()
 
 
 # -- data staging -----------------------------------------------------------------------------------------------
