@@ -273,6 +273,7 @@ class ImageClassifier(L.LightningModule):
         self.eval_metrics = eval_metrics(num_classes, with_ema=use_ema, val_weights=val_weights)
         self._eval_seen = 0
         self._batch_idx = 0
+        self._started_epoch: int | None = None  # the epoch whose per-epoch settings are applied (_start_epoch)
         self._grad_norm: torch.Tensor | None = None
         self._clipped_steps: torch.Tensor | None = None  # on the device: summed without a host read
         self._norm_steps = 0
@@ -368,6 +369,17 @@ class ImageClassifier(L.LightningModule):
         return self.peak_lr(global_batch) * self.schedule(epoch, self.schedule_epochs(), self.steps_per_epoch())
 
     def on_train_epoch_start(self) -> None:
+        self._start_epoch()
+
+    def _start_epoch(self) -> None:
+        """Per-epoch settings (compiled batch shape, frozen backbone, EMA decay), once per epoch and process.
+
+        Also called from the first batch: Lightning skips ``on_train_epoch_start`` when it resumes in the middle
+        of an epoch, and the resumed process must set what the interrupted one had set at that epoch's start.
+        """
+        if self._started_epoch == self.current_epoch:
+            return
+        self._started_epoch = self.current_epoch
         if self._compiled is not None:
             self._compiled.start_epoch(training=True)
         self._update_backbone_freeze()
@@ -394,6 +406,7 @@ class ImageClassifier(L.LightningModule):
         return "?" if batch_size is None else str(batch_size * self.trainer.world_size)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._start_epoch()  # a no-op unless this process resumed mid-epoch
         # FFCV's distributed sampler gives every rank the same number of samples, so every rank computes the
         # same global batch (and LR) even for a last, smaller batch.
         global_batch = batch[0].shape[0] * self.trainer.world_size
