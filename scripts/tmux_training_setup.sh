@@ -6,8 +6,8 @@
 #
 # The configs and overrides are those of `resnet-ffcv fit` (later ones win). The log and checkpoint directories
 # are read from the resolved config (`resnet-ffcv fit ... --print_config`): the checkpoint directory from the
-# `checkpoint:` section or the checkpoint callback's dirpath, the log directory from `run_dir` or the logger's
-# save_dir. The training window runs scripts/spot_training.sh with the same arguments, its output appended to
+# `checkpoint:` section (else <run_dir>/checkpoints), the log directory from the logger's save_dir (else
+# run_dir). The training window runs scripts/spot_training.sh with the same arguments, its output appended to
 # LOG_DIR/train.log. A window whose tool is missing (no nvidia-smi on a CPU box, no htop) says so and stays open.
 #
 # Options:
@@ -53,16 +53,15 @@ if ! resolved=$(PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m r
 import sys, yaml
 config = yaml.safe_load(sys.stdin) or {}
 trainer = config.get("trainer") or {}
+run_dir = config.get("run_dir")
+# As fit decides (resnet_ffcv/run_dir.py): a path set on its own wins, else it lives under run_dir.
 checkpoint = (config.get("checkpoint") or {}).get("dirpath")
-for callback in trainer.get("callbacks") or []:
-    if checkpoint is None and "Checkpoint" in str(callback.get("class_path")):
-        checkpoint = (callback.get("init_args") or {}).get("dirpath")
 loggers = trainer.get("logger")
 loggers = loggers if isinstance(loggers, list) else [loggers]
 save_dirs = [(l.get("init_args") or {}).get("save_dir") for l in loggers if isinstance(l, dict)]
-log = config.get("run_dir") or next((d for d in save_dirs if d), None) or "logs"
+log = next((d for d in save_dirs if d), None) or run_dir or "logs"
 print(log)
-print(checkpoint or "checkpoints")
+print(checkpoint or (f"{run_dir}/checkpoints" if run_dir else "checkpoints"))
 '); then
   echo "tmux_training_setup: the config does not parse (resnet-ffcv fit ${args[*]} --print_config, above)" >&2
   exit 2

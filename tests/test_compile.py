@@ -39,7 +39,8 @@ def unique_graphs() -> int:
 
 
 def test_p4d_config_plans_five_graphs():
-    """3 training resolutions + validation at 224 for the raw and the EMA weights; TTA and the last batch: none."""
+    """3 training resolutions + validation at 256 (FFCV's protocol) for the raw and the EMA weights; TTA and the
+    last batch: none."""
     config = parse_config_only(["--config", str(CONFIGS / "p4d_78pct.yaml")])
     stages = group_stages(int(config.trainer.max_epochs), _schedule_of(config), config.data.batch_size)
     assert config.model.compile and config.model.compile_mode == "default"
@@ -47,8 +48,8 @@ def test_p4d_config_plans_five_graphs():
         Graph("network", True, 256, 160),
         Graph("network", True, 256, 192),
         Graph("network", True, 256, 224),
-        Graph("ema", False, 256, 224),
-        Graph("network", False, 256, 224),
+        Graph("ema", False, 256, 256),
+        Graph("network", False, 256, 256),
     ]
     # A stage with its own batch size is its own graph; without EMA or validation there are fewer.
     assert len(planned_graphs([(160, 256), (160, 256), (224, 128)], (224, 256), use_ema=True)) == 4

@@ -21,8 +21,11 @@ def test_resume_line_says_what_fit_will_do(tmp_path):
     assert "starting from scratch" in check_resume(tmp_path, LATEST_NAME, True, None).detail
     (tmp_path / LATEST_NAME).write_bytes(b"truncated")
     (tmp_path / periodic_name(4)).write_bytes(b"also truncated")
-    detail = check_resume(tmp_path, LATEST_NAME, True, None).detail
-    assert f"{LATEST_NAME} is unreadable" in detail and f"{periodic_name(4)} is unreadable" in detail
+    unloadable = check_resume(tmp_path, LATEST_NAME, True, None)  # fit would refuse to start over these: a FAIL
+    assert not unloadable.ok and "--fresh_start" in unloadable.detail
+    assert (
+        f"{LATEST_NAME} is unreadable" in unloadable.detail and f"{periodic_name(4)} is unreadable" in unloadable.detail
+    )
     assert "auto_resume is off" in check_resume(tmp_path, LATEST_NAME, False, None).detail
     gone = check_resume(tmp_path, LATEST_NAME, True, str(tmp_path / "nope.ckpt"))
     assert not gone.ok and "does not exist" in gone.detail

@@ -80,7 +80,7 @@ def test_tmux_help_and_dry_run_read_the_directories_from_every_config(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert f"log dir:        {tmp_path / 'my logs'}" in result.stdout  # from the second config
-    assert "checkpoint dir: demo_output/checkpoints" in result.stdout  # the demo's SpotCheckpoint dirpath
+    assert "checkpoint dir: demo_output/run/checkpoints" in result.stdout  # <run_dir>/checkpoints of the demo
     assert f"spot_training.sh {REPO / 'configs/demo_cpu.yaml'} --config {override} --trainer.max_epochs=3" in (
         result.stdout
     )

@@ -135,7 +135,7 @@ def test_run_command_stages_data_stops_with_75_and_resumes_from_the_bucket(tmp_p
         "copied" in output
         and (tmp_path / "local-data" / "train.ffcv").stat().st_size == (ffcv_dir / "train.ffcv").stat().st_size
     )
-    assert f"checkpoints in {checkpoint_url} (object storage)" in output
+    assert f"checkpoint dir: {checkpoint_url}: object storage" in output  # doctor's line, via spot_training.sh
     assert "interrupted; checkpoint_latest.ckpt saved" in output
 
     # The relaunch: SkyPilot reruns the same `run`; the staged data is kept, training resumes from the bucket.

@@ -18,7 +18,8 @@ from resnet_ffcv import disk_speed
 from resnet_ffcv.config_checks import fit_config_problems
 from resnet_ffcv.dataset_format import CLASSES_FILE, load_classes, validate_ffcv
 from resnet_ffcv.lightning_cli import checkpoint_dirpath, parse_config_only, parse_tool_args
-from resnet_ffcv.resume import LATEST_NAME, find_resume_checkpoint
+from resnet_ffcv.resume import LATEST_NAME, NoLoadableCheckpoint, find_resume_checkpoint
+from resnet_ffcv.storage import is_url
 from resnet_ffcv.wandb_setup import is_wandb_logger, wandb_credentials, wandb_mode
 
 DESCRIPTION = """\
@@ -151,7 +152,10 @@ def check_resume(directory: Path | None, latest_name: str, auto_resume: bool, ck
         return Check("resume", True, "starts from scratch (no checkpoint directory)")
     if not auto_resume:
         return Check("resume", True, f"starts from scratch (auto_resume is off; checkpoints go to {directory})")
-    return Check("resume", True, find_resume_checkpoint(directory, latest_name)[1])  # fit prints the same line
+    try:
+        return Check("resume", True, find_resume_checkpoint(directory, latest_name)[1])  # fit prints the same line
+    except NoLoadableCheckpoint as error:  # fit refuses to start over such a directory: say so before GPU time
+        return Check("resume", False, str(error))
 
 
 def check_free_disk(directory: Path | None) -> Check:
@@ -195,8 +199,19 @@ def run_checks(config, ckpt_path: str | None = None) -> list[Check]:
     trainer, data = config.trainer, config.data
     logger = trainer.logger if hasattr(trainer.logger, "get") else None
     logger_class = logger.get("class_path") if logger is not None else None
-    directory = checkpoint_dirpath(config)  # the `checkpoint:` section: always present for fit
-    auto_resume = bool(config.checkpoint.auto_resume)
+    if is_url(str(config.checkpoint.dirpath or "")):  # object storage: fit downloads and uploads it itself
+        directory = None
+        checkpoint_checks = [
+            Check("checkpoint dir", True, f"{config.checkpoint.dirpath}: object storage (checked when fit starts)")
+        ]
+    else:
+        directory = checkpoint_dirpath(config)  # the `checkpoint:` section: always present for fit
+        auto_resume = bool(config.checkpoint.auto_resume)
+        checkpoint_checks = [
+            check_checkpoint_writable(directory),
+            check_free_disk(directory),
+            check_resume(directory, LATEST_NAME, auto_resume, ckpt_path),
+        ]
     log_dir = (logger.get("init_args") or {}).get("save_dir") if logger is not None else None
     mounts = [
         check_on_mount(name, Path(path))
@@ -209,9 +224,7 @@ def run_checks(config, ckpt_path: str | None = None) -> list[Check]:
         *[check for check in mounts if check is not None],
         *check_data(Path(data.data_dir), [data.train_file, data.val_file, "classes.json"]),
         Check("data read speed", *disk_speed.doctor_check(Path(data.data_dir), data.train_file)),
-        check_checkpoint_writable(directory),
-        check_free_disk(directory),
-        check_resume(directory, LATEST_NAME, auto_resume, ckpt_path),
+        *checkpoint_checks,
         check_shared_memory(),
         check_wandb(logger_class, logger.get("init_args") if logger is not None else None),
         check_config_values(config),
