@@ -77,6 +77,7 @@ class Recorder(L.Callback):
         self.val_samples.append(self._samples)
 
 
+@pytest.mark.slow
 def test_p4d_shaped_schedule_compiles_exactly_the_plan(ffcv_dir, caplog):
     """The p4d schedule scaled down: 32 -> 48 -> 64 px, EMA, flip TTA, validation at 64 px in batches of 16 of
     40 images (16, 16 and a partial 8), through a real Trainer and the FFCV datamodule."""

@@ -136,6 +136,7 @@ def stack_args(stack: list[Path], ffcv_dir: Path, tmp_path: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(STACKS))
 def test_stack_trains_validates_and_checkpoints(name, ffcv_dir, tmp_path):
     cli = fit_in_process(stack_args(STACKS[name], ffcv_dir, tmp_path))
@@ -151,6 +152,7 @@ def test_stack_trains_validates_and_checkpoints(name, ffcv_dir, tmp_path):
         assert monitor in metrics and torch.isfinite(metrics[monitor]), f"{name}: {monitor} not logged"
 
 
+@pytest.mark.slow
 def test_use_ema_false_keeps_the_default_monitors_working(ffcv_dir, tmp_path):
     """p4d's monitors are val/acc1_best, which exists without EMA: `--model.use_ema false` just works."""
     cli = fit_in_process([*stack_args([P4D], ffcv_dir, tmp_path), "--model.use_ema=false"])
@@ -159,6 +161,7 @@ def test_use_ema_false_keeps_the_default_monitors_working(ffcv_dir, tmp_path):
     assert "val/acc1_best" in cli.trainer.callback_metrics and "val/acc1_ema" not in cli.trainer.callback_metrics
 
 
+@pytest.mark.slow
 def test_ffcv_rn50_16_epochs_runs_two_epochs_through_the_cli(ffcv_dir, tmp_path):
     """The issue's "done when": the README's FFCV command, CPU overrides, two epochs, checkpoints saved."""
     stack = STACKS["ffcv/rn50_16_epochs"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from resnet_ffcv.evaluate import join_list_options
 
 from .helpers import run_cli, trained_checkpoint
@@ -11,6 +13,7 @@ from .helpers import run_cli, trained_checkpoint
 ROW = re.compile(r"^\s*(\d+)\s+([\d.]+)\s+(yes|no)((?:\s+[\d.]+)+)")
 
 
+@pytest.mark.slow
 def test_evaluate_prints_one_table_of_raw_and_ema_per_protocol(tmp_path, ffcv_dir):
     checkpoint = trained_checkpoint(tmp_path / "tiny.ckpt")
     result = run_cli(

@@ -63,6 +63,7 @@ def test_a_weights_file_of_another_arch_is_a_clear_error(exported):
         ImageClassifier(arch="resnet18", num_classes=10, init_weights="/nonexistent/weights.pt")
 
 
+@pytest.mark.slow
 def test_fine_tune_through_the_cli_with_a_frozen_backbone(exported, ffcv_dir, tmp_path):
     """Two steps of the real CLI, backbone frozen for epoch 0: only the new 10-class head moves."""
     result = run_cli(

@@ -73,6 +73,7 @@ def _load_remote(remote: RemoteCheckpointDir, name: str) -> dict:
     return torch.load(remote.download(name), map_location="cpu", weights_only=False)
 
 
+@pytest.mark.slow
 def test_fit_saves_to_bucket_stops_on_sigterm_and_resumes_on_a_new_machine(tmp_path, ffcv_dir, s3_env, imds):
     url = f"s3://{BUCKET}/journey"
     config = write_config(
@@ -109,6 +110,7 @@ def test_fit_saves_to_bucket_stops_on_sigterm_and_resumes_on_a_new_machine(tmp_p
     assert remote.problem("checkpoint_epoch_2.ckpt") is None and remote.problem("best_model.ckpt") is None
 
 
+@pytest.mark.slow
 def test_truncated_latest_object_falls_back_to_newest_good_periodic(tmp_path, ffcv_dir, s3_env):
     url = f"s3://{BUCKET}/truncated"
     config = write_config(tmp_path, ffcv_dir, dirpath=url, checkpoint_interval=1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from resnet_ffcv.callbacks.progress import format_duration
 
 from .helpers import CONFIGS, run_cli
@@ -17,6 +19,7 @@ NOISE = (
 )
 
 
+@pytest.mark.slow
 def test_piped_fit_prints_plain_progress_lines_and_no_noise(ffcv_dir, tmp_path):
     result = run_cli(
         "fit",

@@ -55,6 +55,7 @@ def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in directory.iterdir() if p.name != ".lock"}
 
 
+@pytest.mark.slow
 def test_unloadable_checkpoints_stop_before_training_and_fresh_start_moves_them_aside(tmp_path, ffcv_dir, trained):
     config, checkpoints = run_dir(tmp_path, ffcv_dir, trained)
     names = ("checkpoint_latest.ckpt", "checkpoint_epoch_1.ckpt", "best_model.ckpt")
@@ -81,6 +82,7 @@ def test_unloadable_checkpoints_stop_before_training_and_fresh_start_moves_them_
     load_checkpoint_header(checkpoints / "checkpoint_latest.ckpt")  # a new, verified file
 
 
+@pytest.mark.slow
 def test_finished_rerun_does_nothing_and_other_settings_are_listed(tmp_path, ffcv_dir, trained):
     config, checkpoints = run_dir(tmp_path, ffcv_dir, trained)
     before, wandb_runs = snapshot(checkpoints), set((tmp_path / "logs").glob("wandb/offline-run-*"))
@@ -109,6 +111,7 @@ def test_finished_rerun_does_nothing_and_other_settings_are_listed(tmp_path, ffc
     assert final["global_step"] == 3 * STEPS and final["hyper_parameters"]["lr"] == 0.6
 
 
+@pytest.mark.slow
 def test_second_fit_on_one_directory_is_refused_and_keeps_the_writers_temp_file(tmp_path, ffcv_dir, trained):
     config, checkpoints = run_dir(tmp_path, ffcv_dir, trained)
     # The first run pauses while overwriting checkpoint_latest.ckpt at the end of epoch 1: a save in flight.
@@ -129,6 +132,7 @@ def test_second_fit_on_one_directory_is_refused_and_keeps_the_writers_temp_file(
     assert not list(checkpoints.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 @pytest.mark.parametrize("options", ["ro,size=2m", "size=2m"])
 def test_unwritable_or_small_directory_is_refused_before_training(tmp_path, ffcv_dir, options):
@@ -146,6 +150,7 @@ def test_unwritable_or_small_directory_is_refused_before_training(tmp_path, ffcv
     assert "Traceback" not in refused.output and "Epoch 0" not in refused.output
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_save_exits_74_and_keeps_the_previous_checkpoint(tmp_path, ffcv_dir, trained):
     config, checkpoints = run_dir(tmp_path, ffcv_dir, trained)
     full = fit(config, "--trainer.max_epochs", "2", env={DISK_FULL_ENV: "1"})
@@ -157,6 +162,7 @@ def test_disk_full_during_a_save_exits_74_and_keeps_the_previous_checkpoint(tmp_
     assert not list(checkpoints.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_bit_flip_falls_back_to_the_periodic_file(tmp_path, ffcv_dir, trained):
     config, checkpoints = run_dir(tmp_path, ffcv_dir, trained)
     latest = checkpoints / "checkpoint_latest.ckpt"

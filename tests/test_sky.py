@@ -102,6 +102,7 @@ def _run_task(path: Path, env: dict) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_run_command_stages_data_stops_with_75_and_resumes_from_the_bucket(tmp_path, ffcv_dir, s3_env, imds):  # noqa: F811
     import s3fs
 

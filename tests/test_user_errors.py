@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import yaml
 
 from .helpers import run_cli, trained_checkpoint
@@ -61,6 +62,7 @@ def test_write_dataset_policy_refusal_is_one_paragraph(tmp_path, image_folder):
     assert_one_paragraph(result, "write-dataset", str(garbage), "cannot decode image")
 
 
+@pytest.mark.slow
 def test_bad_model_and_resolution_values_are_one_line_naming_the_key(tmp_path, ffcv_dir):
     """Values the classes themselves refuse (model, resolution schedule): the key and the expected range."""
     config = write_config(tmp_path, ffcv_dir)
