@@ -147,14 +147,17 @@ def test_rebalance_recommendation_stops_only_when_asked(imds):
     ignoring = SpotInterruption(endpoint=imds.endpoint, poll_interval=0.05)
     poller = threading.Thread(target=ignoring.poll_until_notice, daemon=True)
     poller.start()
-    deadline = time.monotonic() + 30
-    while imds.notice_gets < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert imds.notice_gets >= 3
-    assert ignoring.stop_requested is None  # polled (404s on the notice), rebalance ignored
-    imds.armed.set()
-    poller.join(timeout=10)
-    assert ignoring.stop_requested == "spot interruption notice: terminate at 2026-11-26T08:00:00Z"
+    try:
+        deadline = time.monotonic() + 30
+        while imds.notice_gets < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert imds.notice_gets >= 3
+        assert ignoring.stop_requested is None  # polled (404s on the notice), rebalance ignored
+        imds.armed.set()
+        poller.join(timeout=30)
+        assert ignoring.stop_requested == "spot interruption notice: terminate at 2026-11-26T08:00:00Z"
+    finally:
+        ignoring._closing.set()  # a failed assertion must not leave the poller running past the fake server
 
     imds.armed.clear()
     heeding = SpotInterruption(endpoint=imds.endpoint, poll_interval=0.05, stop_on_rebalance=True)
