@@ -55,11 +55,6 @@ def _unset(settings: Any, key: str, cls: type) -> bool:
     return value is None or (default is not None and str(value) == str(default))
 
 
-def checkpoint_settings(config: Any) -> Any | None:
-    """The SpotCheckpoint's arguments: the ``checkpoint:`` section (None in a config without one)."""
-    return config.get("checkpoint")
-
-
 def _fill(settings: Any, key: str, cls: type, path: Path) -> None:
     if settings is not None and _unset(settings, key, cls):
         settings[key] = str(path)
@@ -71,7 +66,7 @@ def apply_run_dir(config: Any) -> None:
     if run_dir is None:
         return
     run_dir = Path(run_dir)
-    checkpoint = checkpoint_settings(config)
+    checkpoint = config.get("checkpoint")  # the SpotCheckpoint section; None in a config without one
     _fill(checkpoint, "dirpath", SpotCheckpoint, run_dir / "checkpoints")
     trainer = config.trainer
     for entry in _entries(trainer.get("logger")):
