@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# System packages: what ffcv's build needs (it ships as an sdist only), and tmux for the monitoring layout.
-APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config tmux
+# System packages: what ffcv's build needs (it ships as an sdist only), tmux for the monitoring layout, and
+# btrfs-progs for scripts/local_nvme.sh (the instance store as one striped filesystem).
+APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config tmux btrfs-progs
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install system-deps sky-install test test-fast demo lint format clean
@@ -12,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 install: $(STAMP)
 
 system-deps:
-	@if pkg-config --exists libturbojpeg opencv4 2>/dev/null && command -v tmux >/dev/null; then \
+	@if pkg-config --exists libturbojpeg opencv4 2>/dev/null && command -v tmux >/dev/null && command -v mkfs.btrfs >/dev/null; then \
 		echo "system packages: present"; \
 	else \
 		echo "installing system packages: $(APT_PACKAGES)"; \

@@ -6,7 +6,8 @@
 #   FIT_CONFIGS     config files for `fit`, space-separated (e.g. "configs/p4d_78pct.yaml configs/instances/...")
 #   FIT_ARGS        more `fit` arguments (optional)
 #   DATA_URL        where write-dataset's output lives: s3://bucket/prefix or a directory
-#   LOCAL_DATA      local directory it is staged into; becomes data.data_dir
+#   NVME_MOUNT      where scripts/local_nvme.sh mounts the instance store (NVMe); the data goes to NVME_MOUNT/ffcv-data
+#   LOCAL_DATA      where the data goes on an instance without instance store (the root disk); becomes data.data_dir
 #   CHECKPOINT_URL  checkpoint.dirpath: s3://bucket/run (object storage outlives the zone; EBS does not)
 # SkyPilot's own variables: SKYPILOT_NODE_IPS (one IP a line, head node first), SKYPILOT_NODE_RANK,
 # SKYPILOT_NUM_NODES. With more than one node, Lightning's own cluster environment takes MASTER_ADDR,
@@ -21,11 +22,19 @@ PYTHON=${PYTHON:-.venv/bin/python}
 export PYTHON PYTHONUNBUFFERED=1
 
 say() { printf 'sky/run.sh: %s\n' "$*" >&2; }
-for name in FIT_CONFIGS DATA_URL LOCAL_DATA CHECKPOINT_URL; do
+for name in FIT_CONFIGS DATA_URL LOCAL_DATA NVME_MOUNT CHECKPOINT_URL; do
   [[ -n ${!name:-} ]] || { say "check failed: $name is not set (task envs / sky jobs launch --env $name=...)"; exit 2; }
 done
 
-# 1. Data at disk speed; a relaunch onto a disk that already holds it copies nothing.
+# 1. Data at disk speed: on the instance store where there is one (GB/s; p4d, g5, g6), else on the root disk
+#    (p3). A rerun onto a disk that already holds the data copies nothing.
+nvme=$(bash scripts/local_nvme.sh "$NVME_MOUNT")
+case $? in
+  0) LOCAL_DATA=$nvme/ffcv-data ;;
+  3) say "no instance store: staging to the root disk" ;;
+  *) say "check failed: the instance store could not be mounted (above)"; exit 2 ;;
+esac
+say "data: $DATA_URL -> $LOCAL_DATA"
 "$PYTHON" scripts/stage_data.py "$DATA_URL" "$LOCAL_DATA" || exit 2
 
 # 2. The configs as they are, with the local data and the bucket as the checkpoint directory (checkpoint.dirpath).

@@ -26,6 +26,7 @@ from resnet_ffcv.storage import RemoteCheckpointDir
 
 from .helpers import run_cli
 from .spot_support import REPO, write_config
+from .test_local_nvme import loop_drives  # noqa: F401 - the fixture
 from .test_multinode import free_port
 from .test_object_store import BUCKET, s3_env  # noqa: F401 - s3_env: the fixture
 
@@ -89,6 +90,7 @@ def _run_task(path: Path, env: dict) -> subprocess.Popen:
         "SKYPILOT_NUM_GPUS_PER_NODE": "0",
         "PYTHON": sys.executable,
         "PYTHONUNBUFFERED": "1",
+        "INSTANCE_STORE_DEVICES": "none",  # never this machine's own instance store, if it has one
         **env,
     }
     return subprocess.Popen(
@@ -103,7 +105,13 @@ def _run_task(path: Path, env: dict) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_run_command_stages_data_stops_with_75_and_resumes_from_the_bucket(tmp_path, ffcv_dir, s3_env, imds):  # noqa: F811
+def test_run_command_stages_data_stops_with_75_and_resumes_from_the_bucket(
+    tmp_path,
+    ffcv_dir,
+    s3_env,  # noqa: F811
+    imds,
+    loop_drives,  # noqa: F811
+):
     import s3fs
 
     fs = s3fs.S3FileSystem()
@@ -115,7 +123,9 @@ def test_run_command_stages_data_stops_with_75_and_resumes_from_the_bucket(tmp_p
     env = {
         "FIT_CONFIGS": str(config),
         "DATA_URL": f"s3://{BUCKET}/data",
-        "LOCAL_DATA": str(tmp_path / "local-data"),
+        "INSTANCE_STORE_DEVICES": " ".join(loop_drives(2)),  # the instance's NVMe drives
+        "NVME_MOUNT": str(tmp_path / "nvme"),
+        "LOCAL_DATA": str(tmp_path / "root-disk-data"),  # unused: this instance has an instance store
         "CHECKPOINT_URL": checkpoint_url,
         "RESNET_FFCV_CHECKPOINT_CACHE": str(tmp_path / "first-machine"),
     }
@@ -132,10 +142,10 @@ def test_run_command_stages_data_stops_with_75_and_resumes_from_the_bucket(tmp_p
             break
     output = "".join(lines) + first.stdout.read()
     assert first.wait(timeout=300) == INTERRUPTED_EXIT_CODE, output
-    assert (
-        "copied" in output
-        and (tmp_path / "local-data" / "train.ffcv").stat().st_size == (ffcv_dir / "train.ffcv").stat().st_size
-    )
+    staged = tmp_path / "nvme" / "ffcv-data"
+    assert "copied" in output and f"data: s3://{BUCKET}/data -> {staged}" in output
+    assert (staged / "train.ffcv").stat().st_size == (ffcv_dir / "train.ffcv").stat().st_size
+    assert not (tmp_path / "root-disk-data").exists()
     assert f"checkpoint dir: {checkpoint_url}: object storage" in output  # doctor's line, via spot_training.sh
     assert "interrupted; checkpoint_latest.ckpt saved" in output
 
@@ -146,7 +156,7 @@ def test_run_command_stages_data_stops_with_75_and_resumes_from_the_bucket(tmp_p
     )
     output, _ = second.communicate(timeout=600)
     assert second.returncode == 0, output
-    assert "already holds this dataset" in output
+    assert "already mounted" in output and "already holds this dataset" in output
     assert f"Resuming from {tmp_path / 'second-machine'}" in output
     assert remote.problem("checkpoint_epoch_2.ckpt") is None
 
