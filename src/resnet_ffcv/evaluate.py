@@ -14,13 +14,17 @@ flip-TTA numbers of both the raw and the EMA weights. One device (the first GPU,
 from __future__ import annotations
 
 import contextlib
-import sys
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
+
+from resnet_ffcv.errors import InputNotFound, InvalidValue
+from resnet_ffcv.resolution import check_resolution
 
 Tta = Literal["off", "on", "both"]
 Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
@@ -92,13 +96,63 @@ def format_table(results: list[Result], own: tuple[int, float, bool] | None) -> 
     return "\n".join(lines)
 
 
-def _own_protocol(ckpt_path: Path, module) -> tuple[int, float, bool] | None:
+def _own_protocol(checkpoint: dict, module) -> tuple[int, float, bool] | None:
     """(val_resolution, val_crop_ratio, val_flip_tta) the run validated with, when the checkpoint records it."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
     data = checkpoint.get("datamodule_hyper_parameters") or {}
     if "val_resolution" not in data:
         return None
     return int(data["val_resolution"]), float(data.get("val_crop_ratio", 224 / 256)), bool(module.hparams.val_flip_tta)
+
+
+def _check_options(
+    resolutions: tuple[int, ...], crop_ratios: tuple[float, ...], batch_size: int, num_workers: int | None
+) -> None:
+    """Values refused here, named by their option, before minutes go into loading a network."""
+    if not resolutions or not crop_ratios:
+        raise InvalidValue(
+            f"--resolutions {list(resolutions)} --crop_ratios {list(crop_ratios)}: expected at least one of each"
+        )
+    for resolution in resolutions:
+        check_resolution(resolution, "--resolutions")
+    for crop in crop_ratios:
+        if not 0 < crop <= 1:  # FFCV's centre crop takes ratio x the short side: above 1 it leaves the image
+            raise InvalidValue(f"--crop_ratios {crop}: expected a ratio in (0, 1] of the short image side")
+    if batch_size < 1 or (num_workers is not None and num_workers < 1):
+        raise InvalidValue(f"--batch_size {batch_size} --num_workers {num_workers}: expected >= 1")
+
+
+def _check_data(data_dir: str, val_file: str) -> None:
+    """A wrong ``--data_dir`` named with evaluate's own options (the datamodule would say ``data.data_dir``)."""
+    folder = Path(data_dir)
+    expected = f"the output folder of `resnet-ffcv write-dataset`, holding {val_file} and classes.json"
+    if not folder.is_dir():
+        raise InputNotFound(f"--data_dir {folder}: no such folder (expected {expected})")
+    for name, option in ((val_file, "--val_file"), ("classes.json", "")):
+        if not (folder / name).is_file():
+            named = f" ({option})" if option else ""
+            raise InputNotFound(f"--data_dir {folder}: has no {name}{named}; expected {expected}")
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """The checkpoint, memory-mapped (tensors stay on disk); a missing, foreign or damaged file named as such."""
+    wanted = "a checkpoint written by `resnet-ffcv fit` (best_model.ckpt, checkpoint_latest.ckpt)"
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.ckpt"))
+        hint = f"; it holds {', '.join(inside[:5])}" if inside else ""
+        raise InvalidValue(f"--ckpt_path {path}: is a folder, expected {wanted}{hint}")
+    if not path.is_file():
+        raise InputNotFound(f"--ckpt_path {path}: no such file (expected {wanted})")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError) as error:
+        # torch.load's ways of saying "not a torch.save file": a truncated zip is a RuntimeError from its reader.
+        raise InvalidValue(f"--ckpt_path {path}: not readable as a checkpoint ({error}); expected {wanted}") from error
+    if not isinstance(checkpoint, dict):
+        raise InvalidValue(f"--ckpt_path {path}: holds a {type(checkpoint).__name__}, not a dict; expected {wanted}")
+    missing = [key for key in ("state_dict", "hyper_parameters") if key not in checkpoint]
+    if missing:
+        raise InvalidValue(f"--ckpt_path {path}: has no {' or '.join(missing)}; expected {wanted}")
+    return checkpoint
 
 
 def evaluate(
@@ -130,15 +184,18 @@ def evaluate(
     from resnet_ffcv.data import FFCVDataModule
     from resnet_ffcv.model import ImageClassifier
 
+    _check_options(resolutions, crop_ratios, batch_size, num_workers)
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--ckpt_path {path}: no such file (a checkpoint written by resnet-ffcv fit)")
+    checkpoint = _read_checkpoint(path)
+    _check_data(data_dir, val_file)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
     try:
         module = ImageClassifier.load_from_checkpoint(path, map_location="cpu", compile=False)
-    except (KeyError, RuntimeError, TypeError) as error:
-        raise ValueError(f"--ckpt_path {path}: not an ImageClassifier checkpoint ({error})") from error
+    except (KeyError, TypeError, RuntimeError) as error:
+        # Lightning checkpoint of another module: its hyperparameters don't fit ImageClassifier (TypeError) or
+        # its weights don't fit the network they build (RuntimeError from load_state_dict).
+        raise InvalidValue(f"--ckpt_path {path}: not an ImageClassifier checkpoint ({error})") from error
     module.to(device).eval()
     modes = {"off": [False], "on": [True], "both": [False, True]}[tta]
     results: list[Result] = []
@@ -154,9 +211,9 @@ def evaluate(
                 val_crop_ratio=crop,
             )
             if data.num_classes != module.hparams.num_classes:
-                raise ValueError(
-                    f"--data_dir {data_dir}: {data.num_classes} classes, the checkpoint's network has "
-                    f"{module.hparams.num_classes}"
+                raise InvalidValue(
+                    f"--data_dir {data_dir}: {data.num_classes} classes in classes.json, but the checkpoint's "
+                    f"network has {module.hparams.num_classes}: expected the data set it was trained on"
                 )
             data.setup("validate")
             try:
@@ -172,7 +229,7 @@ def evaluate(
         f"{path} on {Path(data_dir) / val_file} ({results[0].images:,} images), {precision} on {device}: "
         "top-1 / top-5 in %"
     )
-    print(format_table(results, _own_protocol(path, module)))
+    print(format_table(results, _own_protocol(checkpoint, module)))
     return results
 
 
@@ -197,9 +254,7 @@ def join_list_options(argv: list[str]) -> list[str]:
 
 
 def evaluate_command(argv: list[str]) -> None:
+    """``resnet-ffcv evaluate ARGS``; a user's mistake raises a UserError, which the CLI prints as one line."""
     from jsonargparse import auto_cli
 
-    try:
-        auto_cli(evaluate, args=join_list_options(argv), as_positional=False, prog="resnet-ffcv evaluate")
-    except (OSError, ValueError) as error:  # a missing file, a wrong folder or value: the message, no traceback
-        sys.exit(f"resnet-ffcv evaluate: error: {error}")
+    auto_cli(evaluate, args=join_list_options(argv), as_positional=False, prog="resnet-ffcv evaluate")

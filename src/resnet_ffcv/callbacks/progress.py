@@ -127,18 +127,26 @@ class ProgressPrinter(L.Callback):
         return " | ".join([head, *(f"{name} {value}" for name, value in self.fields.items())])
 
     def eta_seconds(self, trainer: L.Trainer, images: int, resolution: int, batch_idx: int) -> float | None:
-        """Seconds of training left: remaining pixels (image x resolution^2) at the pixel rate measured so far."""
+        """Seconds of training left: remaining pixels (image x resolution^2) at the pixel rate measured so far.
+
+        The batches left run to whichever of ``max_epochs`` and ``max_steps`` comes first; each later epoch is
+        weighed by its resolution from the datamodule's schedule, also when ``max_steps`` ends inside it.
+        """
         batches = trainer.num_training_batches
         if self._seconds <= 0 or not 0 < batches < float("inf"):
             return None
-        by_steps = (trainer.max_steps - trainer.global_step) * images * resolution**2 if trainer.max_steps > 0 else None
-        if trainer.max_epochs is None or trainer.max_epochs <= 0:
-            return None if by_steps is None else by_steps * self._seconds / self._pixels
-        remaining = (batches - batch_idx - 1) * images * resolution**2
+        # global_step counts optimizer steps: one per accumulate_grad_batches batches.
+        steps = trainer.max_steps - trainer.global_step if trainer.max_steps > 0 else None
+        batches_left = float("inf") if steps is None else steps * trainer.accumulate_grad_batches
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+        if max_epochs is None and steps is None:
+            return None
         schedule = getattr(trainer.datamodule, "resolution", None) if trainer.datamodule is not None else None
-        for epoch in range(trainer.current_epoch + 1, trainer.max_epochs):
+        take = max(0, min(batches - batch_idx - 1, batches_left))
+        remaining, batches_left = take * images * resolution**2, batches_left - take
+        epoch = trainer.current_epoch + 1
+        while batches_left > 0 and (max_epochs is None or epoch < max_epochs):
             future = schedule.at(epoch)[0] if hasattr(schedule, "at") else resolution
-            remaining += batches * images * future**2  # an epoch's images at this batch size, at its resolution
-        if by_steps is not None:  # whichever limit comes first
-            remaining = min(remaining, by_steps)
+            take = min(batches, batches_left)  # an epoch's images at this batch size, at its resolution
+            remaining, batches_left, epoch = remaining + take * images * future**2, batches_left - take, epoch + 1
         return remaining * self._seconds / self._pixels
