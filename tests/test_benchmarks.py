@@ -74,3 +74,12 @@ def test_gpu_check_refuses_to_run_without_a_gpu(tmp_path):
     assert result.returncode == 1
     assert "no GPU here" in result.stderr
     assert not (tmp_path / "out" / "train_throughput.md").exists()
+
+
+def test_stage_throughput_prints_rate_and_cpu_per_gb_for_s3_and_a_directory():
+    rows = run_benchmark("stage_throughput.py", "--smoke").stdout.splitlines()[1:]
+    sources = [row.split()[0] + " " + row.split()[1] for row in rows]
+    assert sources == ["moto S3", "local dir"], rows
+    for row in rows:
+        rate, cpu_per_gb = float(row.split()[-3]), float(row.split()[-2])
+        assert rate > 0 and cpu_per_gb > 0, row
