@@ -64,7 +64,12 @@ def test_a_weights_file_of_another_arch_is_a_clear_error(exported):
 
 
 @pytest.mark.slow
-def test_fine_tune_through_the_cli_with_a_frozen_backbone(exported, ffcv_dir, tmp_path):
+@pytest.mark.parametrize(
+    "distributed",
+    [[], ["--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2"]],
+    ids=["one-process", "ddp-2-ranks"],  # under DDP the backbone keeps requires_grad; its gradients are dropped
+)
+def test_fine_tune_through_the_cli_with_a_frozen_backbone(exported, ffcv_dir, tmp_path, distributed):
     """Two steps of the real CLI, backbone frozen for epoch 0: only the new 10-class head moves."""
     result = run_cli(
         "fit",
@@ -74,6 +79,7 @@ def test_fine_tune_through_the_cli_with_a_frozen_backbone(exported, ffcv_dir, tm
         f"--model.init_weights={exported['path']}",
         "--model.freeze_backbone_epochs=1",
         *TINY,
+        *distributed,
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -82,6 +88,7 @@ def test_fine_tune_through_the_cli_with_a_frozen_backbone(exported, ffcv_dir, tm
     for key, value in backbone(state).items():
         assert torch.equal(value, exported[key]), key
     assert state["network.fc.weight"].shape == (10, 512)
+    assert load_checkpoint(tmp_path / "demo_output/run/checkpoints/checkpoint_latest.ckpt")["global_step"] == 2
 
 
 class Weights(L.Callback):
