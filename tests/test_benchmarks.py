@@ -74,3 +74,32 @@ def test_gpu_check_refuses_to_run_without_a_gpu(tmp_path):
     assert result.returncode == 1
     assert "no GPU here" in result.stderr
     assert not (tmp_path / "out" / "train_throughput.md").exists()
+
+
+@pytest.mark.slow
+def test_os_cache_io_prints_its_table(tmp_path):
+    result = run_benchmark("os_cache_io.py", "--smoke", "--workdir", str(tmp_path))
+    header = "| case | file MB | read MB | read / file | peak +MB | slots | images/s |"
+    assert header in result.stdout
+    rows = {}
+    for line in result.stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("| os_cache="):
+            rows[cells[0]] = [float(cell.rstrip("x").replace(",", "")) if cell != "-" else None for cell in cells[1:]]
+    assert set(rows) == {
+        "os_cache=true RANDOM",
+        "os_cache=true RANDOM, evicted",
+        "os_cache=true RANDOM, evicted, MADV_RANDOM",
+        "os_cache=false RANDOM",
+        "os_cache=false QUASI_RANDOM",
+    }
+    file_mb = (tmp_path / "train.ffcv").stat().st_size / 2**20
+    for name, (file, read, ratio, _peak, slots, images_per_s) in rows.items():
+        assert file == pytest.approx(file_mb, abs=1), name
+        # A cold cache: the epoch read the file from storage (tmp_path is on disk, not tmpfs, on this project's
+        # machines), and the ratio column is read / file.
+        assert read > 0 and ratio > 0, name
+        assert ratio == pytest.approx(read / file, abs=0.05), name  # the MB columns are rounded
+        assert images_per_s > 0, name
+        # FFCV's own cache reports its page slots; the mmap has none.
+        assert (slots is None) == name.startswith("os_cache=true"), name
