@@ -83,3 +83,32 @@ def test_stage_throughput_prints_rate_and_cpu_per_gb_for_s3_and_a_directory():
     for row in rows:
         rate, cpu_per_gb = float(row.split()[-3]), float(row.split()[-2])
         assert rate > 0 and cpu_per_gb > 0, row
+
+
+@pytest.mark.slow
+def test_os_cache_io_prints_its_table(tmp_path):
+    result = run_benchmark("os_cache_io.py", "--smoke", "--workdir", str(tmp_path))
+    header = "| case | file MB | read MB | read / file | peak +MB | slots | images/s |"
+    assert header in result.stdout
+    rows = {}
+    for line in result.stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("| os_cache="):
+            rows[cells[0]] = [float(cell.rstrip("x").replace(",", "")) if cell != "-" else None for cell in cells[1:]]
+    assert set(rows) == {
+        "os_cache=true RANDOM",
+        "os_cache=true RANDOM, evicted",
+        "os_cache=true RANDOM, evicted, MADV_RANDOM",
+        "os_cache=false RANDOM",
+        "os_cache=false QUASI_RANDOM",
+    }
+    file_mb = (tmp_path / "train.ffcv").stat().st_size / 2**20
+    for name, (file, read, ratio, _peak, slots, images_per_s) in rows.items():
+        assert file == pytest.approx(file_mb, abs=1), name
+        # A cold cache: the epoch read the file from storage (tmp_path is on disk, not tmpfs, on this project's
+        # machines), and the ratio column is read / file.
+        assert read > 0 and ratio > 0, name
+        assert ratio == pytest.approx(read / file, abs=0.05), name  # the MB columns are rounded
+        assert images_per_s > 0, name
+        # FFCV's own cache reports its page slots; the mmap has none.
+        assert (slots is None) == name.startswith("os_cache=true"), name
