@@ -62,6 +62,8 @@ def test_drives_become_one_striped_filesystem_that_a_rerun_keeps(tmp_path, loop_
     assert _sh("findmnt", "-n", "-o", "FSTYPE", str(mount)) == "btrfs"
     assert "Data, RAID0" in _sh("btrfs", "filesystem", "df", str(mount))  # striped over both drives
     assert int(_sh("df", "--output=size", "-B1M", str(mount)).split()[-1]) > 400  # 2 x 256 MB, one filesystem
+    uuid = _sh("findmnt", "-n", "-o", "UUID", str(mount))
+    assert Path(f"/sys/fs/btrfs/{uuid}/bdi/read_ahead_kb").read_text().strip() == "128"  # btrfs's own is 4096
     (mount / "train.ffcv").write_bytes(b"staged")
 
     # The same instance, `run` again (mounted, then after an unmount): the data is kept, nothing is formatted.

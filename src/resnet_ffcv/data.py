@@ -46,7 +46,9 @@ class FFCVDataModule(L.LightningDataModule):
         order: training order on one device: ``random``, ``quasi_random`` (reads pages in bursts; for data
             that does not fit in RAM, with ``os_cache: false``) or ``sequential``. Under DDP always
             ``random`` (FFCV has no distributed quasi-random).
-        os_cache: let the OS page cache hold the whole file (FFCV's fast mode when it fits in RAM).
+        os_cache: memory-map the file and let the OS page cache hold what fits. Keep it on under DDP also where
+            RAM < file: ``false`` (FFCV's own cache) in ``random`` order holds nearly the whole file in process
+            memory over an epoch (benchmarks/os_cache_io.py); ``false`` pays off only with ``quasi_random``.
         batches_ahead: batches FFCV prepares ahead of the one in use.
         drop_last: drop the last incomplete training batch (each rank's).
         seed: shuffling seed, identical on all ranks; epoch k's order depends only on (seed, k).
