@@ -71,5 +71,6 @@ $SUDO chown "$(id -u):$(id -g)" "$MOUNT"
 # file per epoch in benchmarks/os_cache_io.py (scaled), 1.15x at 128 KB. Set before `fit` opens the file.
 uuid=$(findmnt -n -o UUID "$MOUNT")
 echo "$READ_AHEAD_KB" | $SUDO tee "/sys/fs/btrfs/$uuid/bdi/read_ahead_kb" >/dev/null || fail "cannot set read-ahead"
-say "$MOUNT: $(df -h --output=size "$MOUNT" | tail -n1 | tr -d ' ') on ${#drives[@]} drive(s), read-ahead ${READ_AHEAD_KB} KB"
+size=$(df -h --output=size "$MOUNT" | tail -n1 | tr -d ' ')
+say "$MOUNT: $size on ${#drives[@]} drive(s), read-ahead $READ_AHEAD_KB KB"
 echo "$MOUNT"
