@@ -20,6 +20,7 @@
 # Exit codes: 0 mounted (the directory is printed on stdout), 3 this instance has no instance store (stage to the
 # root disk instead), 2 it has one but it could not be made ready (the message says which step failed).
 set -euo pipefail
+PATH=$PATH:/usr/sbin:/sbin  # mkfs.btrfs, blkid, losetup live there; a non-login shell may not list them
 MOUNT=${1:?usage: local_nvme.sh MOUNT_POINT}
 LABEL=resnet-ffcv-nvme
 READ_AHEAD_KB=${READ_AHEAD_KB:-128}
