@@ -37,7 +37,7 @@ sky-install:
 	$(SKY_VENV)/bin/pip install -q '$(SKYPILOT)'
 
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 # The in-process tests only (a few minutes): what to run while editing. `make test` adds the slow ones.
 test-fast: install

@@ -25,6 +25,7 @@ from torch import nn
 
 from resnet_ffcv.errors import InputNotFound, InvalidValue
 from resnet_ffcv.resolution import check_resolution
+from resnet_ffcv.resume import BEST_NAME, LATEST_NAME
 
 Tta = Literal["off", "on", "both"]
 Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
@@ -135,7 +136,7 @@ def _check_data(data_dir: str, val_file: str) -> None:
 
 def _read_checkpoint(path: Path) -> dict:
     """The checkpoint, memory-mapped (tensors stay on disk); a missing, foreign or damaged file named as such."""
-    wanted = "a checkpoint written by `resnet-ffcv fit` (best_model.ckpt, checkpoint_latest.ckpt)"
+    wanted = f"a checkpoint written by `resnet-ffcv fit` ({BEST_NAME}, {LATEST_NAME})"
     if path.is_dir():
         inside = sorted(p.name for p in path.glob("*.ckpt"))
         hint = f"; it holds {', '.join(inside[:5])}" if inside else ""
