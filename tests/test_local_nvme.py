@@ -19,7 +19,8 @@ from .spot_support import REPO
 SCRIPT = REPO / "scripts" / "local_nvme.sh"
 NO_INSTANCE_STORE = 3
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mount need root (CI runs as root)")
+NEEDS_ROOT = "loop devices and mount need root (CI runs as root)"
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason=NEEDS_ROOT)
 
 
 def _sh(*args: str) -> str:
@@ -29,6 +30,8 @@ def _sh(*args: str) -> str:
 @pytest.fixture
 def loop_drives(tmp_path) -> Iterator[Callable[[int], list[str]]]:
     """make(n): n fresh 256 MB drives (/dev/loopN over sparse files); all unmounted and detached afterwards."""
+    if os.geteuid() != 0:  # also for the tests in other modules that use this fixture
+        pytest.skip(NEEDS_ROOT)
     made: list[str] = []
 
     def make(count: int) -> list[str]:
