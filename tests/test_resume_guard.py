@@ -182,7 +182,7 @@ def test_kill_storm_leaves_only_verified_checkpoints_and_finishes(tmp_path, ffcv
     config = write_config(tmp_path, ffcv_dir, keep_periodic=2)
     checkpoints, args = tmp_path / "checkpoints", ("--trainer.max_epochs", "4")
     rng = random.Random(0)
-    for kill in range(4):
+    for kill in range(3):  # mid-training, during a save, mid-training again
         during_save = kill % 2 == 1  # alternately: mid-training, and while a checkpoint overwrite is in flight
         env = {WRITE_PAUSE_ENV: "300"} if during_save else None
         run = CLIProcess("fit", "--config", str(config), *args, env=env)

@@ -18,17 +18,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from resnet_ffcv.callbacks.spot import INTERRUPTED_EXIT_CODE
 from resnet_ffcv.dataset_format import validate_ffcv
 from resnet_ffcv.lightning_cli import parse_config_only
-from resnet_ffcv.storage import RemoteCheckpointDir
+from resnet_ffcv.storage import MARKER_SUFFIX, RemoteCheckpointDir
 
 from .helpers import run_cli
 from .spot_support import REPO, write_config
 from .test_local_nvme import loop_drives  # noqa: F401 - the fixture
 from .test_multinode import free_port
-from .test_object_store import BUCKET, s3_env  # noqa: F401 - s3_env: the fixture
+from .test_object_store import BUCKET, STEPS_PER_EPOCH, s3_env  # noqa: F401 - s3_env: the fixture
 
 TASKS = sorted((REPO / "sky").glob("*.yaml"))
 REQUIRED = [("DATA_URL", "s3://bucket/imagenet-ffcv"), ("CHECKPOINT_URL", "s3://bucket/checkpoints/run")]
@@ -116,9 +117,9 @@ def test_run_command_stages_data_stops_with_75_and_resumes_from_the_bucket(
 
     fs = s3fs.S3FileSystem()
     fs.put(str(ffcv_dir) + "/", f"{BUCKET}/data/", recursive=True)
-    config = write_config(
-        tmp_path, ffcv_dir, spot={"endpoint": imds.endpoint, "poll_interval": 0.5}
-    )  # the CPU stand-in for configs/p4d_78pct.yaml
+    spot = {"endpoint": imds.endpoint, "poll_interval": 0.5}
+    # The CPU stand-in for configs/p4d_78pct.yaml; a periodic checkpoint every epoch, one kept.
+    config = write_config(tmp_path, ffcv_dir, spot=spot, checkpoint_interval=1, keep_periodic=1)
     checkpoint_url = f"s3://{BUCKET}/sky-run"
     env = {
         "FIT_CONFIGS": str(config),
@@ -135,9 +136,9 @@ def test_run_command_stages_data_stops_with_75_and_resumes_from_the_bucket(
         REPO / "sky" / "p4d_78pct.yaml", {**env, "FIT_ARGS": "--data.batch_size 2 --trainer.max_epochs 50"}
     )
     lines: list[str] = []
-    for line in first.stdout:  # SIGTERM once the epoch-0 checkpoint is in the bucket and the handler is armed
+    for line in first.stdout:  # SIGTERM once epoch 0's files are in the bucket (epoch 1 runs) and the handler is armed
         lines.append(line)
-        if "Armed: SIGTERM/SIGINT" in "".join(lines) and remote.problem("checkpoint_latest.ckpt") is None:
+        if "Armed: SIGTERM/SIGINT" in "".join(lines) and remote.problem("checkpoint_epoch_1.ckpt") is None:
             os.killpg(first.pid, signal.SIGTERM)  # what SkyPilot's cancel / the OS shutdown sends the job
             break
     output = "".join(lines) + first.stdout.read()
@@ -147,7 +148,10 @@ def test_run_command_stages_data_stops_with_75_and_resumes_from_the_bucket(
     assert (staged / "train.ffcv").stat().st_size == (ffcv_dir / "train.ffcv").stat().st_size
     assert not (tmp_path / "root-disk-data").exists()
     assert f"checkpoint dir: {checkpoint_url}: object storage" in output  # doctor's line, via spot_training.sh
-    assert "interrupted; checkpoint_latest.ckpt saved" in output
+    assert "interrupted; checkpoint_latest.ckpt saved" in output and "received SIGTERM: saved" in output
+    stopped = torch.load(remote.download("checkpoint_latest.ckpt"), map_location="cpu", weights_only=False)
+    assert stopped["global_step"] > STEPS_PER_EPOCH  # saved mid-epoch 1, uploaded before exit 75
+    run_id = remote.fs.cat_file(remote._remote("wandb_run_id.txt")).decode().strip()
 
     # The relaunch: SkyPilot reruns the same `run`; the staged data is kept, training resumes from the bucket.
     env["RESNET_FFCV_CHECKPOINT_CACHE"] = str(tmp_path / "second-machine")
@@ -157,8 +161,15 @@ def test_run_command_stages_data_stops_with_75_and_resumes_from_the_bucket(
     output, _ = second.communicate(timeout=600)
     assert second.returncode == 0, output
     assert "already mounted" in output and "already holds this dataset" in output
+    assert f"{checkpoint_url}/checkpoint_latest.ckpt -> " in output
     assert f"Resuming from {tmp_path / 'second-machine'}" in output
-    assert remote.problem("checkpoint_epoch_2.ckpt") is None
+    assert f"W&B run id {run_id} (continued" in output
+    finished = torch.load(remote.download("checkpoint_latest.ckpt"), map_location="cpu", weights_only=False)
+    assert finished["global_step"] == 2 * STEPS_PER_EPOCH
+    # keep_periodic=1 applies to the bucket: epoch 1's file and its marker are gone, epoch 2's is complete.
+    assert remote.periodic_names() == ["checkpoint_epoch_2.ckpt"]
+    assert "checkpoint_epoch_1.ckpt" + MARKER_SUFFIX not in remote.names()
+    assert remote.problem("checkpoint_epoch_2.ckpt") is None and remote.problem("best_model.ckpt") is None
 
 
 def _finish_together(nodes: list[subprocess.Popen], timeout: float) -> list[str]:
