@@ -14,8 +14,8 @@
 #
 # Drives: the block devices whose model is "Amazon EC2 NVMe Instance Storage" (EBS volumes say "Amazon Elastic Block
 # Store"); INSTANCE_STORE_DEVICES="/dev/a /dev/b" names them instead (other clouds, tests), and "none" uses none.
-# A drive that is already mounted (some images mount the instance store themselves) is not formatted: its mount
-# point is printed instead.
+# A drive that is already mounted (some images mount the instance store themselves) is not formatted: a directory
+# of ours under its mount point is printed instead.
 #
 # Exit codes: 0 mounted (the directory is printed on stdout), 3 this instance has no instance store (stage to the
 # root disk instead), 2 it has one but it could not be made ready (the message says which step failed).
@@ -46,10 +46,11 @@ if [[ ${#drives[@]} -eq 0 ]]; then
   exit 3
 fi
 
-in_use=$(lsblk -nr -o MOUNTPOINT "${drives[@]}" | awk 'NF' | head -n1)
+in_use=$(lsblk -nr -o MOUNTPOINT "${drives[@]}" | awk '/^\// {print; exit}')  # a path, not [SWAP]
 if [[ -n $in_use ]]; then
   say "the instance store is already mounted at $in_use: using it, formatting nothing"
-  echo "$in_use"
+  $SUDO install -d -o "$(id -u)" -g "$(id -g)" "$in_use/resnet-ffcv" || fail "cannot create $in_use/resnet-ffcv"
+  echo "$in_use/resnet-ffcv"
   exit 0
 fi
 

@@ -86,7 +86,7 @@ def test_a_drive_the_image_mounted_is_used_where_it_is_and_not_formatted(tmp_pat
     subprocess.run(["mount", drive, str(elsewhere)], check=True)
     (elsewhere / "kept").write_text("yes")
     result = local_nvme(tmp_path / "nvme", [drive])
-    assert result.returncode == 0 and result.stdout.strip() == str(elsewhere), result.stderr
+    assert result.returncode == 0 and result.stdout.strip() == str(elsewhere / "resnet-ffcv"), result.stderr
     assert "formatting nothing" in result.stderr and (elsewhere / "kept").read_text() == "yes"
     assert _sh("findmnt", "-n", "-o", "FSTYPE", str(elsewhere)) == "ext4"
 
