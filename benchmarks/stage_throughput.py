@@ -22,7 +22,6 @@ Measured here (2 cores, 1 GB, 64 MB ranges):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -33,6 +32,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from resnet_ffcv.dataset_format import classes_sha256
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import stage_data  # noqa: E402 - scripts/ is not a package
@@ -80,7 +81,7 @@ def write_source(directory: Path, train_bytes: int) -> None:
     (directory / "classes.json").write_text(json.dumps(classes))
     manifest = {
         "complete": True,
-        "classes_sha256": hashlib.sha256(json.dumps(classes).encode()).hexdigest(),
+        "classes_sha256": classes_sha256(classes),
         "splits": {
             "train": {"file": "train.ffcv", "bytes": train_bytes},
             "val": {"file": "val.ffcv", "bytes": 1 << 20},

@@ -24,15 +24,13 @@ has its recorded size. Exit codes: 0 ready, 2 a check failed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-MANIFEST = "manifest.json"
-CLASSES = "classes.json"
+from resnet_ffcv.dataset_format import CLASSES_FILE, MANIFEST_FILE, classes_sha256
 
 
 class StageError(Exception):
@@ -48,17 +46,17 @@ def _fs_and_root(source: str):
 def expected_files(manifest: dict) -> dict[str, int]:
     """File name -> byte count for every split the manifest records."""
     if not manifest.get("complete"):
-        raise StageError(f"{MANIFEST}: 'complete' is not true: the dataset was not written to the end")
+        raise StageError(f"{MANIFEST_FILE}: 'complete' is not true: the dataset was not written to the end")
     return {record["file"]: int(record["bytes"]) for record in manifest.get("splits", {}).values()}
 
 
 def local_is_complete(dest: Path, manifest_bytes: bytes) -> bool:
     """The same manifest is already here and every file it names has its recorded size."""
-    local = dest / MANIFEST
+    local = dest / MANIFEST_FILE
     if not local.is_file() or local.read_bytes() != manifest_bytes:
         return False
     files = expected_files(json.loads(manifest_bytes))
-    return (dest / CLASSES).is_file() and all(
+    return (dest / CLASSES_FILE).is_file() and all(
         (dest / name).is_file() and (dest / name).stat().st_size == size for name, size in files.items()
     )
 
@@ -103,27 +101,30 @@ def _s3_download(remote: str, temp: Path, workers: int, chunk: int) -> None:
 
 
 def check_classes(classes_bytes: bytes, manifest: dict) -> None:
-    """classes.json against the manifest's hash (the writer hashes ``json.dumps`` of the entries)."""
+    """classes.json against the class-map hash the writer recorded in the manifest."""
     expected = manifest.get("classes_sha256")
-    actual = hashlib.sha256(json.dumps(json.loads(classes_bytes)).encode()).hexdigest()
+    actual = classes_sha256(json.loads(classes_bytes))
     if expected and actual != expected:
-        raise StageError(f"{CLASSES}: its class-map hash {actual[:12]}... differs from {MANIFEST}'s {expected[:12]}...")
+        raise StageError(
+            f"{CLASSES_FILE}: its class-map hash {actual[:12]}... differs from {MANIFEST_FILE}'s {expected[:12]}..."
+        )
 
 
 def stage(source: str, dest: Path, workers: int = 16, chunk_mb: int = 64) -> str:
     """Makes ``dest`` a complete copy of ``source``; returns a one-line summary."""
     fs, root = _fs_and_root(source)
     try:
-        manifest_bytes = fs.cat_file(f"{root}/{MANIFEST}")
+        manifest_bytes = fs.cat_file(f"{root}/{MANIFEST_FILE}")
     except FileNotFoundError as error:
-        raise StageError(f"{source}/{MANIFEST} not found: SOURCE must be a write-dataset output directory") from error
+        message = f"{source}/{MANIFEST_FILE} not found: SOURCE must be a write-dataset output directory"
+        raise StageError(message) from error
     manifest = json.loads(manifest_bytes)
     files = expected_files(manifest)
     dest.mkdir(parents=True, exist_ok=True)
     if local_is_complete(dest, manifest_bytes):
-        return f"{dest} already holds this dataset ({len(files)} files match {MANIFEST}): nothing copied"
-    (dest / MANIFEST).unlink(missing_ok=True)  # its presence means "complete": gone until the copy is
-    classes_bytes = fs.cat_file(f"{root}/{CLASSES}")
+        return f"{dest} already holds this dataset ({len(files)} files match {MANIFEST_FILE}): nothing copied"
+    (dest / MANIFEST_FILE).unlink(missing_ok=True)  # its presence means "complete": gone until the copy is
+    classes_bytes = fs.cat_file(f"{root}/{CLASSES_FILE}")
     check_classes(classes_bytes, manifest)
     started, copied = time.perf_counter(), 0
     for name, size in files.items():
@@ -133,7 +134,7 @@ def stage(source: str, dest: Path, workers: int = 16, chunk_mb: int = 64) -> str
             continue
         copy_file(fs, f"{root}/{name}", target, size, workers, chunk_mb << 20)
         copied += size
-    for name, data in ((CLASSES, classes_bytes), (MANIFEST, manifest_bytes)):
+    for name, data in ((CLASSES_FILE, classes_bytes), (MANIFEST_FILE, manifest_bytes)):
         _temp(dest / name).write_bytes(data)
         os.replace(_temp(dest / name), dest / name)
     seconds = time.perf_counter() - started

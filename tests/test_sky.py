@@ -271,6 +271,12 @@ def test_stage_data_copies_verifies_and_skips_a_complete_copy(tmp_path, ffcv_dir
     manifest = json.loads((incomplete / "manifest.json").read_text())
     (incomplete / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
     assert "not written to the end" in _stage(incomplete, tmp_path / "third").stderr
+    renamed = tmp_path / "renamed"  # a classes.json that is not the one the writer hashed into the manifest
+    shutil.copytree(ffcv_dir, renamed)
+    entries = json.loads((renamed / "classes.json").read_text())
+    (renamed / "classes.json").write_text(json.dumps([{**entries[0], "name": "other"}, *entries[1:]]))
+    refused = _stage(renamed, tmp_path / "fourth")
+    assert refused.returncode == 2 and "classes.json: its class-map hash" in refused.stderr, refused.stderr
 
 
 # -- disk speed ---------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ a second even for ImageNet's 1.28 M samples.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -45,6 +46,11 @@ def field_types() -> dict[str, type]:
 # -- classes.json ----------------------------------------------------------------------------------------------
 def class_entries(classes: list[NamedClass]) -> list[dict]:
     return [{"index": index, "wnid": info.wnid, "name": info.name} for index, info in enumerate(classes)]
+
+
+def classes_sha256(entries: list[dict]) -> str:
+    """The class map's hash in manifest.json (``classes_sha256``): the writer records it, staging checks it."""
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
 def save_classes(path: Path, classes: list[NamedClass]) -> None:

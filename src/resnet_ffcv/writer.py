@@ -37,6 +37,7 @@ from resnet_ffcv.dataset_format import (
     LABEL_FIELD,
     MANIFEST_FILE,
     class_entries,
+    classes_sha256,
     save_classes,
 )
 from resnet_ffcv.errors import InputNotFound, InvalidValue, NotEnoughSpace, OutputExists, UserError
@@ -354,7 +355,7 @@ class _Job:
 
     @property
     def classes_sha256(self) -> str:
-        return _sha256(json.dumps(class_entries(self.classes)))
+        return classes_sha256(class_entries(self.classes))
 
     @cached_property
     def fingerprints(self) -> dict[str, str]:
