@@ -8,6 +8,7 @@ re-runs them for rank 1) and import this module as plain ``helpers``.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a local server or a DDP master)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def cli_command(*args: str) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 
 import pytest
 
@@ -18,6 +17,7 @@ from resnet_ffcv.callbacks.checkpointing import WRITE_PAUSE_ENV
 from resnet_ffcv.model import ImageClassifier
 from resnet_ffcv.resume import IncompatibleCheckpointError, check_compatible
 
+from .helpers import free_port
 from .helpers import load_checkpoint as load
 from .spot_support import CLIProcess, write_config
 
@@ -29,10 +29,8 @@ def offline_run_ids(logs) -> set[str]:
 @pytest.mark.slow
 def test_checkpoint_directory_survives_crashes_and_resumes(tmp_path, ffcv_dir):
     checkpoints, logs = tmp_path / "checkpoints", tmp_path / "logs"
-    with socket.socket() as probe:  # a port nobody listens on: the metadata poller must switch itself off
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    spot = {"endpoint": f"http://127.0.0.1:{closed_port}"}
+    # A port nobody listens on: the metadata poller must switch itself off.
+    spot = {"endpoint": f"http://127.0.0.1:{free_port()}"}
     config = write_config(tmp_path, ffcv_dir, spot=spot, keep_periodic=1)
 
     # A: from scratch, the seed's layout and a W&B run id beside the checkpoints after epoch 0; then kill -9

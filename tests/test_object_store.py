@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,17 +16,11 @@ import torch
 from resnet_ffcv.resume import find_resume_checkpoint
 from resnet_ffcv.storage import MARKER_SUFFIX, RemoteCheckpointDir
 
-from .helpers import run_cli
+from .helpers import free_port, run_cli
 from .spot_support import write_config
 
 BUCKET = "resnet-ffcv-test"
 STEPS_PER_EPOCH = 40  # 80 images, batch 2
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +28,7 @@ def s3_env():
     """A local S3 endpoint with one bucket; returns the AWS variables that point a process at it."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

@@ -25,10 +25,9 @@ from resnet_ffcv.dataset_format import validate_ffcv
 from resnet_ffcv.lightning_cli import parse_config_only
 from resnet_ffcv.storage import MARKER_SUFFIX, RemoteCheckpointDir
 
-from .helpers import run_cli
+from .helpers import free_port, run_cli
 from .spot_support import REPO, write_config
 from .test_local_nvme import loop_drives  # noqa: F401 - the fixture
-from .test_multinode import free_port
 from .test_object_store import BUCKET, STEPS_PER_EPOCH, s3_env  # noqa: F401 - s3_env: the fixture
 
 TASKS = sorted((REPO / "sky").glob("*.yaml"))
