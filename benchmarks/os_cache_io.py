@@ -69,6 +69,7 @@ import numpy as np
 
 from resnet_ffcv.data import FFCVDataModule
 from resnet_ffcv.dataset_format import IMAGE_FIELD, LABEL_FIELD
+from resnet_ffcv.disk_speed import drop_cached
 from resnet_ffcv.ffcv_io import write_ffcv
 from resnet_ffcv.ffcv_loading import cores_per_rank
 
@@ -102,6 +103,8 @@ def write_train(path: Path, size_mb: int, workers: int) -> None:
     count = int(size_mb * 2**20 / (3 * np.mean(SIDES) ** 2))
     fields = {IMAGE_FIELD: RGBImageField(write_mode="raw", max_resolution=SIDES[1]), LABEL_FIELD: IntField()}
     write_ffcv(path, fields, RawImages(count), workers, chunk_size=100, skip_unreadable=False, page_size=PAGE)
+    with open(path, "rb+") as f:  # written back now: drop_cached drops clean pages only
+        os.fsync(f.fileno())
 
 
 def storage_read_bytes() -> int:
@@ -110,16 +113,6 @@ def storage_read_bytes() -> int:
         if line.startswith("read_bytes:"):
             return int(line.split()[1])
     raise RuntimeError("/proc/self/io has no read_bytes (kernel without task I/O accounting)")
-
-
-def drop_cached(path: Path) -> None:
-    """Drops ``path``'s clean, unmapped pages from the page cache (dirty ones are written first)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def read_ahead_kb(path: Path) -> str:
