@@ -154,7 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     except StageError as error:
         print(f"stage_data: check failed: {error}", file=sys.stderr)
         return 2
+    except _access_errors() as error:  # no credentials, access denied, a full or read-only disk: the user's to fix
+        print(f"stage_data: cannot copy {args.source} to {args.dest}: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _access_errors() -> tuple[type[BaseException], ...]:
+    """OSError (s3fs maps S3's errors to it), and botocore's own (credentials, the transfer manager's requests)."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # a directory source needs no AWS libraries
+        return (OSError,)
+    return (OSError, BotoCoreError, ClientError)
 
 
 if __name__ == "__main__":

@@ -233,12 +233,13 @@ def test_two_node_task_runs_as_two_lightning_ranks_on_one_host(tmp_path, ffcv_di
 
 
 # -- data staging -----------------------------------------------------------------------------------------------
-def _stage(source, dest) -> subprocess.CompletedProcess:
+def _stage(source, dest, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(REPO / "scripts" / "stage_data.py"), str(source), str(dest), "--chunk_mb", "1"],
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
 
 
@@ -276,6 +277,16 @@ def test_stage_data_copies_verifies_and_skips_a_complete_copy(tmp_path, ffcv_dir
     (renamed / "classes.json").write_text(json.dumps([{**entries[0], "name": "other"}, *entries[1:]]))
     refused = _stage(renamed, tmp_path / "fourth")
     assert refused.returncode == 2 and "classes.json: its class-map hash" in refused.stderr, refused.stderr
+
+
+def test_stage_data_without_aws_credentials_is_one_line_not_a_traceback(tmp_path):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    nowhere = str(tmp_path / "none")
+    env.update(AWS_SHARED_CREDENTIALS_FILE=nowhere, AWS_CONFIG_FILE=nowhere, AWS_EC2_METADATA_DISABLED="true")
+    result = _stage("s3://resnet-ffcv-no-such-bucket/ffcv", tmp_path / "local", env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert "cannot copy s3://resnet-ffcv-no-such-bucket/ffcv to " in result.stderr and "credentials" in result.stderr
 
 
 # -- disk speed ---------------------------------------------------------------------------------------------------
