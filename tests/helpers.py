@@ -33,8 +33,13 @@ def cli_command(*args: str) -> list[str]:
 
 
 def cli_env(env: dict | None = None, unset: tuple[str, ...] = ()) -> dict[str, str]:
-    """This process's environment plus ``env``, less ``unset``; unbuffered so output arrives as it is printed."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    """This process's environment plus ``env``, less ``unset``; unbuffered so output arrives as it is printed.
+
+    The checkout is on ``PYTHONPATH`` (read only): configs name test classes as ``tests.spot_support.SlowSteps``,
+    and the subprocess runs in a temporary directory, not in the checkout.
+    """
+    python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path, **(env or {})}
     for name in unset:
         full_env.pop(name, None)
     return full_env
@@ -43,10 +48,13 @@ def cli_env(env: dict | None = None, unset: tuple[str, ...] = ()) -> dict[str, s
 def run_cli(
     *args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None, unset: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
-    """``resnet-ffcv ARGS`` in a subprocess, as a user runs it; returns the CompletedProcess (text output)."""
+    """``resnet-ffcv ARGS`` in a subprocess, as a user runs it; returns the CompletedProcess (text output).
+
+    ``cwd`` defaults to the test's own working directory, a temporary one (conftest): never the checkout.
+    """
     return subprocess.run(
         cli_command(*args),
-        cwd=cwd or REPO,
+        cwd=cwd,
         env=cli_env(env, unset),
         capture_output=True,
         text=True,

@@ -14,7 +14,7 @@ import yaml
 
 from resnet_ffcv.callbacks.spot import REBALANCE_PATH, SPOT_ACTION_PATH, TOKEN_PATH
 
-from .helpers import REPO, cli_command, cli_env
+from .helpers import cli_command, cli_env
 
 BASE_CONFIG = Path(__file__).with_name("spot_config.yaml")
 
@@ -57,7 +57,6 @@ class CLIProcess:
     def __init__(self, *args: str, env: dict | None = None):
         self.process = subprocess.Popen(
             cli_command(*args),
-            cwd=REPO,
             env=cli_env(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -17,7 +17,6 @@ BENCHMARKS = REPO / "benchmarks"
 def run_benchmark(name: str, *args: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / name), *args],
-        cwd=REPO,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         capture_output=True,
         text=True,

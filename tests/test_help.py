@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from resnet_ffcv.cli import SUBCOMMANDS
 
-REPO = Path(__file__).resolve().parents[1]
+from .helpers import run_cli
+
 EVERY_SUBCOMMAND = (
     "fit",
     "validate",
@@ -28,21 +24,12 @@ EVERY_SUBCOMMAND = (
 )
 
 
-def resnet_ffcv(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "resnet_ffcv.cli", *args],
-        cwd=REPO,
-        env={**os.environ, "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+WIDE = {"COLUMNS": "200"}  # argparse wraps help at the terminal width: one option per line here
 
 
 @pytest.mark.parametrize("args", [("--help",), ("-h",), ()], ids=["--help", "-h", "no-arguments"])
 def test_top_level_help_lists_every_subcommand(args):
-    result = resnet_ffcv(*args)
+    result = run_cli(*args, env=WIDE)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert set(SUBCOMMANDS) == set(EVERY_SUBCOMMAND)
@@ -53,13 +40,13 @@ def test_top_level_help_lists_every_subcommand(args):
 
 
 def test_unknown_subcommand_is_one_clear_error():
-    result = resnet_ffcv("fti", "--config", "x.yaml")
+    result = run_cli("fti", "--config", "x.yaml", env=WIDE)
     assert result.returncode == 2
     assert "unknown subcommand 'fti'" in result.stderr and "write-dataset" in result.stderr
 
 
 def test_doctor_help_describes_its_own_options():
-    result = resnet_ffcv("doctor", "--help")
+    result = run_cli("doctor", "--help", env=WIDE)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith("usage: resnet-ffcv doctor")
@@ -69,7 +56,7 @@ def test_doctor_help_describes_its_own_options():
 
 
 def test_plan_help_describes_its_own_options():
-    result = resnet_ffcv("plan", "--help")
+    result = run_cli("plan", "--help", env=WIDE)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith("usage: resnet-ffcv plan")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .spot_support import REPO
+from .helpers import REPO
 
 SCRIPT = REPO / "scripts" / "local_nvme.sh"
 NO_INSTANCE_STORE = 3

@@ -13,7 +13,7 @@ import torch
 from resnet_ffcv.cli import main
 from resnet_ffcv.plan import Plan, Stage, format_plan, group_stages, project_stage
 
-from .helpers import CONFIGS, REPO, cli_command, cli_env
+from .helpers import CONFIGS, cli_command, cli_env
 
 
 def test_group_stages_follows_the_schedule():
@@ -152,9 +152,7 @@ def test_plan_on_a_cpu_says_what_it_measures_and_stops_promptly_on_sigterm(tmp_p
         "--model.arch=resnet18",
         f"--data.data_dir={tmp_path / 'no-data-here'}",
     )
-    process = subprocess.Popen(
-        command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    process = subprocess.Popen(command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = process.stderr.readline()
         while first and "timing" not in first:

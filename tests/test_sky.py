@@ -25,8 +25,8 @@ from resnet_ffcv.dataset_format import validate_ffcv
 from resnet_ffcv.lightning_cli import parse_config_only
 from resnet_ffcv.storage import MARKER_SUFFIX, RemoteCheckpointDir
 
-from .helpers import free_port, run_cli
-from .spot_support import REPO, write_config
+from .helpers import REPO, free_port, run_cli
+from .spot_support import write_config
 from .test_local_nvme import loop_drives  # noqa: F401 - the fixture
 from .test_object_store import BUCKET, STEPS_PER_EPOCH, s3_env  # noqa: F401 - s3_env: the fixture
 
@@ -68,7 +68,9 @@ def test_task_file_parses_and_matches_its_training_config(path):
     assert 0 < recovery["max_restarts_on_errors"] <= 3  # a real failure is not retried forever
     assert task.run.strip() == "bash sky/run.sh" and task.setup.strip() == "make install"
     # The GPUs SkyPilot asks for are the ones the training config uses, per node and in nodes.
-    config = parse_config_only([arg for name in task.envs["FIT_CONFIGS"].split() for arg in ("--config", name)])
+    # FIT_CONFIGS are relative to the workdir, which SkyPilot syncs from the repository.
+    configs = [str(REPO / name) for name in task.envs["FIT_CONFIGS"].split()]
+    config = parse_config_only([arg for name in configs for arg in ("--config", name)])
     [(gpu, count)] = task.accelerators.items()
     assert gpu == GPU_OF[task.instance_type]
     assert count == config.trainer.devices and task.num_nodes == (config.trainer.num_nodes or 1)
@@ -78,9 +80,21 @@ def test_task_file_parses_and_matches_its_training_config(path):
     assert task.envs["CHECKPOINT_URL"].startswith("s3://")
 
 
+def skypilot_workdir(root: Path) -> Path:
+    """What SkyPilot syncs to the node as the task's workdir (``~/sky_workdir``): the repository's files, here as
+    links into the checkout, so the task runs (and writes whatever it writes relative to it) outside the checkout."""
+    workdir = root / "sky_workdir"
+    workdir.mkdir(exist_ok=True)
+    for name in ("sky", "scripts", "configs", "src", "tests", "Makefile", "pyproject.toml"):
+        if not (workdir / name).exists():
+            (workdir / name).symlink_to(REPO / name)
+    return workdir
+
+
 def _run_task(path: Path, env: dict) -> subprocess.Popen:
     """The task's `run` command as SkyPilot runs it on a one-node cluster: bash, in the workdir, its envs set."""
     task = load_task(path)
+    workdir = skypilot_workdir(Path.cwd())  # the test's own temporary working directory (conftest)
     full_env = {
         **os.environ,
         **task.envs,
@@ -95,7 +109,7 @@ def _run_task(path: Path, env: dict) -> subprocess.Popen:
     }
     return subprocess.Popen(
         ["bash", "-c", task.run],
-        cwd=REPO,
+        cwd=workdir,
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

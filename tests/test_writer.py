@@ -322,7 +322,7 @@ def test_kill_minus_9_mid_write_leaves_no_final_file_and_the_rerun_succeeds(tmp_
         "--write_mode", "raw",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    writer = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    writer = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     partial = out / ".train.ffcv.partial"
     deadline = time.monotonic() + 120
     while not (partial.exists() and partial.stat().st_size > 8 << 20):  # at least one image page written
@@ -337,7 +337,7 @@ def test_kill_minus_9_mid_write_leaves_no_final_file_and_the_rerun_succeeds(tmp_
     assert not (out / MANIFEST_FILE).exists()
     assert _processes_mentioning(str(out)) == []  # the worker processes died with their parent
 
-    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert len(StoredImages(out / "train.ffcv")) == 600
     assert not partial.exists()
@@ -360,7 +360,7 @@ def test_write_configs_parse(config, capsys):
 def test_write_throughput_benchmark_smoke():
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "write_throughput.py"), "--smoke"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| resnet-ffcv write-dataset |" in result.stdout and "ratio ours / FFCV" in result.stdout
