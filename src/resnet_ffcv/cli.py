@@ -8,6 +8,8 @@ Nothing is imported until a subcommand is chosen, so ``resnet-ffcv --help`` answ
 
 from __future__ import annotations
 
+import atexit
+import gc
 import importlib
 import sys
 from collections.abc import Callable
@@ -91,6 +93,17 @@ def usage() -> str:
         f"A mistake in a config, path or input is one 'error:' paragraph; set {DEBUG_ENV}=1 to see its traceback.",
     ]
     return "\n".join(lines)
+
+
+def _exit_without_collecting() -> None:
+    """Registered first, so it runs last of the exit handlers (W&B's and Lightning's run before it): the objects
+    still alive are moved out of the garbage collector's reach, and the interpreter's final collection, which
+    walks every one of torch's and Lightning's millions of objects, takes 0.3 s instead of 1.5. Nothing is
+    written at that point that has not been written and closed already."""
+    gc.freeze()
+
+
+atexit.register(_exit_without_collecting)  # at import: before torch, Lightning or W&B register theirs
 
 
 def main(argv: list[str] | None = None) -> None:
