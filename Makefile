@@ -36,12 +36,18 @@ sky-install:
 	@[ -x $(SKY_VENV)/bin/python ] || $(PYTHON) -m venv $(SKY_VENV)
 	$(SKY_VENV)/bin/pip install -q '$(SKYPILOT)'
 
+# Two pytest workers (pytest-xdist), a test file each at a time: most tests wait on one Python process at a time
+# (a CLI subprocess, a Trainer), so two of them keep both cores busy. `make test TEST_WORKERS=0` runs serially.
+# Either may run before or after `make demo`: the tests never read or write the checkout (tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: install
-	$(BIN)/pytest -q --durations=15
+	$(PYTEST) --durations=15
 
 # The in-process tests only (a few minutes): what to run while editing. `make test` adds the slow ones.
 test-fast: install
-	$(BIN)/pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 demo: install
 	bash scripts/demo.sh
