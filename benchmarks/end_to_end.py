@@ -5,7 +5,7 @@ Three measurements with the same model, batch size and resolution, one after the
 1. loader ceiling: our FFCVDataModule's training loader alone (decode, random-resized crop, flip), images/s;
 2. model only: the recipe's LightningModule through a Trainer on one synthetic batch already on the device;
 3. end to end: the real ``fit`` path (ResNetCLI with the recipe config, FFCVDataModule, ImageClassifier, a real
-   Trainer) for ``--steps`` steps, with :class:`resnet_ffcv.throughput.DataWaitMonitor` timing the host's wait
+   Trainer) for ``--steps`` steps, with :class:`resnet_ffcv.callbacks.DataWaitMonitor` timing the host's wait
    for each next batch.
 
 The verdict: loader-bound when more than ``--bound-threshold`` of the end-to-end time waits for data, else
@@ -16,7 +16,7 @@ model share the same cores, so end to end there is near ``1 / (1/loader + 1/mode
     python benchmarks/end_to_end.py --smoke    # tiny: checks that the benchmark runs
     python benchmarks/end_to_end.py            # GPU: configs/p4d_78pct.yaml on one device, 160 px, batch 256
 
-The dataset is the synthetic shapes set (``resnet_ffcv.synthetic``), written by our writer with the rn50 preset
+The dataset is the synthetic shapes set (``resnet_ffcv.dataset.synthetic``), written by our writer with the rn50 preset
 (longest side 500 px, half JPEG); ``--workdir`` keeps it for the next run, ``--data-dir`` uses an existing one.
 Validation, checkpointing and the logger are off: every timed second is training.
 """
@@ -35,12 +35,13 @@ import torch
 import yaml
 
 from resnet_ffcv.cli import main as cli_main
-from resnet_ffcv.data import FFCVDataModule, cores_per_rank
+from resnet_ffcv.data.datamodule import FFCVDataModule
+from resnet_ffcv.data.loading import cores_per_rank
+from resnet_ffcv.dataset.synthetic import make_synthetic_imagefolder
+from resnet_ffcv.dataset.writer import write_dataset
 from resnet_ffcv.lightning_cli import parse_config_only
-from resnet_ffcv.model import ImageClassifier
-from resnet_ffcv.synthetic import make_synthetic_imagefolder
-from resnet_ffcv.throughput import run_lightning_steps, synthetic_batch
-from resnet_ffcv.writer import write_dataset
+from resnet_ffcv.recipe.module import ImageClassifier
+from resnet_ffcv.tools.throughput import run_lightning_steps, synthetic_batch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,7 +111,7 @@ def recipe_overrides(args, data_dir: Path, report: Path, workdir: Path) -> Path:
             "enable_checkpointing": False,
             "callbacks": [
                 {
-                    "class_path": "resnet_ffcv.throughput.DataWaitMonitor",
+                    "class_path": "resnet_ffcv.callbacks.DataWaitMonitor",
                     "init_args": {"warmup": args.warmup, "report_path": str(report)},
                 }
             ],

@@ -23,9 +23,10 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from resnet_ffcv.data import FFCVDataModule, cores_per_rank
-from resnet_ffcv.synthetic import make_synthetic_imagefolder
-from resnet_ffcv.writer import write_dataset
+from resnet_ffcv.data.datamodule import FFCVDataModule
+from resnet_ffcv.data.loading import cores_per_rank
+from resnet_ffcv.dataset.synthetic import make_synthetic_imagefolder
+from resnet_ffcv.dataset.writer import write_dataset
 
 
 def ours(data_dir: Path, resolution: int, batch_size: int, workers: int) -> Iterable:

@@ -67,11 +67,11 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_ffcv.data import FFCVDataModule
-from resnet_ffcv.dataset_format import IMAGE_FIELD, LABEL_FIELD
-from resnet_ffcv.disk_speed import drop_cached
-from resnet_ffcv.ffcv_io import write_ffcv
-from resnet_ffcv.ffcv_loading import cores_per_rank
+from resnet_ffcv.data.datamodule import FFCVDataModule
+from resnet_ffcv.data.loading import cores_per_rank
+from resnet_ffcv.dataset.ffcv_io import write_ffcv
+from resnet_ffcv.dataset.format import IMAGE_FIELD, LABEL_FIELD
+from resnet_ffcv.tools.disk_speed import drop_cached
 
 PAGE = 1 << 21  # FFCV's smallest page: 1/4 of our writer's 8 MiB (writer.PAGE_SIZE)
 SIDES = (128, 190)  # raw RGB, mean side 159: ~76 KB a sample, 1/4 of ImageNet's ~302 KB at the rn50 preset

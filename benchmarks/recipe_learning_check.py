@@ -1,6 +1,6 @@
 """Does the whole recipe learn on the CPU? MixUp/CutMix, EMA, label smoothing and the LR schedule all on.
 
-Writes the generated 10-class shape set (``resnet_ffcv.synthetic``) to .ffcv with the project's writer,
+Writes the generated 10-class shape set (``resnet_ffcv.dataset.synthetic``) to .ffcv with the project's writer,
 trains a small torchvision ResNet through a real Trainer and FFCVDataModule, and prints validation
 top-1/top-5 of the raw and the EMA weights after every epoch (chance: 10% top-1).
 
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import lightning as L
 
-from resnet_ffcv.data import FFCVDataModule
-from resnet_ffcv.model import ImageClassifier
-from resnet_ffcv.synthetic import make_synthetic_imagefolder
-from resnet_ffcv.writer import write_dataset
+from resnet_ffcv.data.datamodule import FFCVDataModule
+from resnet_ffcv.dataset.synthetic import make_synthetic_imagefolder
+from resnet_ffcv.dataset.writer import write_dataset
+from resnet_ffcv.recipe.module import ImageClassifier
 
 
 class EpochTable(L.Callback):
@@ -51,18 +51,16 @@ def write_data(root: Path, train_per_class: int, val_per_class: int, seed: int =
     return root / "ffcv"
 
 
-def train(
+def learnable_recipe(
     data_dir: Path,
-    epochs: int = 8,
     resolution: int = 48,
     batch_size: int = 32,
     arch: str = "resnet18",
     lr: float = 0.1,
     ema_decay: float = 0.9,
-    seed: int = 0,
-) -> list[dict[str, float]]:
-    """Fit with the full recipe; returns one row of validation metrics per epoch."""
-    L.seed_everything(seed, verbose=False)
+) -> tuple[ImageClassifier, FFCVDataModule]:
+    """The whole recipe on the shape set: MixUp/CutMix, EMA, label smoothing, onecycle, BlurPool, zero-init (also
+    what tests/test_recipe_learns.py trains)."""
     data = FFCVDataModule(
         data_dir=str(data_dir),
         batch_size=batch_size,
@@ -86,6 +84,22 @@ def train(
         blurpool=True,
         zero_init_residual=True,
     )
+    return model, data
+
+
+def train(
+    data_dir: Path,
+    epochs: int = 8,
+    resolution: int = 48,
+    batch_size: int = 32,
+    arch: str = "resnet18",
+    lr: float = 0.1,
+    ema_decay: float = 0.9,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """Fit with the full recipe; returns one row of validation metrics per epoch."""
+    L.seed_everything(seed, verbose=False)
+    model, data = learnable_recipe(data_dir, resolution, batch_size, arch, lr, ema_decay)
     table = EpochTable()
     print("| epoch | val/acc1 | val/acc1_ema | val/acc5 | val/acc5_ema | seconds |")
     print("|------:|---------:|-------------:|---------:|-------------:|--------:|")

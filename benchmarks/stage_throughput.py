@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from resnet_ffcv.dataset_format import classes_sha256
+from resnet_ffcv.dataset.format import classes_sha256
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import stage_data  # noqa: E402 - scripts/ is not a package

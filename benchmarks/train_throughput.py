@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
 
-from resnet_ffcv.model import ImageClassifier
-from resnet_ffcv.throughput import run_lightning_steps, synchronize, synthetic_batch
+from resnet_ffcv.recipe.module import ImageClassifier
+from resnet_ffcv.tools.throughput import run_lightning_steps, synchronize, synthetic_batch
 
 # Training FLOPs per image of ResNet-50 (about 3x the forward pass), for the fraction of the compute ceiling.
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -175,7 +175,7 @@ def plain_loop(args, resolution: int, compile_: bool, device: torch.device) -> T
             synchronize(device)
         if step >= args.warmup:
             marks.append(time.perf_counter())
-        lr = module.peak_lr(args.batch) * module.schedule(step / args.steps, 1.0)
+        lr = module.lr_schedule.peak_lr(args.batch) * module.lr_schedule.schedule(step / args.steps, 1.0)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with autocast:

@@ -52,7 +52,7 @@ def run_ffcv_reference(root: Path, output: Path, preset, workers: int, chunk_siz
     from ffcv.writer import DatasetWriter
     from torchvision.datasets import ImageFolder
 
-    from resnet_ffcv.writer import image_fields
+    from resnet_ffcv.dataset.writer import image_fields
 
     dataset = ImageFolder(str(root / "train"))
     writer = DatasetWriter(
@@ -65,8 +65,8 @@ def run_ffcv_reference(root: Path, output: Path, preset, workers: int, chunk_siz
 
 
 def run_ours(root: Path, output_dir: Path, preset_name: str, workers: int, chunk_size: int) -> int:
-    from resnet_ffcv.inspect_dataset import StoredImages
-    from resnet_ffcv.writer import write_dataset
+    from resnet_ffcv.dataset.inspect import StoredImages
+    from resnet_ffcv.dataset.writer import write_dataset
 
     outputs = write_dataset(
         root, output_dir, splits=("train",), preset=preset_name, num_workers=workers, chunk_size=chunk_size,
@@ -95,7 +95,7 @@ def main() -> None:
     import ffcv.writer  # noqa: F401
     import torchvision.datasets  # noqa: F401
 
-    from resnet_ffcv.writer import PRESETS
+    from resnet_ffcv.dataset.writer import PRESETS
 
     preset = PRESETS[args.preset]
     root = args.root or Path(tempfile.mkdtemp(prefix="write_throughput_"))

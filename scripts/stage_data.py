@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from resnet_ffcv.dataset_format import CLASSES_FILE, MANIFEST_FILE, classes_sha256
+from resnet_ffcv.dataset.format import CLASSES_FILE, MANIFEST_FILE, classes_sha256
 
 
 class StageError(Exception):

@@ -34,8 +34,8 @@ os.environ.setdefault("NUMBA_OPT", "0")
 
 import pytest  # noqa: E402 - after the environment above
 
-from resnet_ffcv.synthetic import make_synthetic_imagefolder  # noqa: E402
-from resnet_ffcv.writer import write_dataset  # noqa: E402
+from resnet_ffcv.dataset.synthetic import make_synthetic_imagefolder  # noqa: E402
+from resnet_ffcv.dataset.writer import write_dataset  # noqa: E402
 
 from .checkout_guard import pytest_sessionfinish, pytest_sessionstart, pytest_terminal_summary  # noqa: E402, F401
 

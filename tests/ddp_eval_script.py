@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from helpers import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from resnet_ffcv.model import ImageClassifier
+from resnet_ffcv.recipe.module import ImageClassifier
 
 
 def main(out_path: str) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 from data_helpers import ProbeModule
 from helpers import quiet_trainer
 
-from resnet_ffcv.data import FFCVDataModule
-from resnet_ffcv.resolution import ResolutionSchedule
+from resnet_ffcv.data.datamodule import FFCVDataModule
+from resnet_ffcv.data.resolution import ResolutionSchedule
 
 
 def main(data_dir: str, out_dir: str) -> None:

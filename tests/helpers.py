@@ -7,6 +7,7 @@ re-runs them for rank 1) and import this module as plain ``helpers``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -18,6 +19,14 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+
+
+def load_benchmark(name: str):
+    """``benchmarks/NAME.py`` as a module (the benchmarks are scripts, not a package), to share what it builds."""
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:
@@ -91,8 +100,8 @@ def trained_checkpoint(path: Path, batch: int = 4, resolution: int = 32, **model
 
     EMA decay 0.5, so after 3 steps the EMA weights clearly differ from the raw ones.
     """
-    from resnet_ffcv.model import ImageClassifier
-    from resnet_ffcv.throughput import RepeatedBatches, synthetic_batch
+    from resnet_ffcv.recipe.module import ImageClassifier
+    from resnet_ffcv.tools.throughput import RepeatedBatches, synthetic_batch
 
     torch.manual_seed(0)
     module = ImageClassifier(

@@ -1,17 +1,36 @@
-"""The layout rules, read from the source with ``ast``: imports point one way, functions stay short, and the
-checkpoint file names are spelled in one module only."""
+"""The layout rules, read from the source with ``ast``: the wings import only the layers below them, the dataset
+wing needs neither Lightning nor torch, functions and classes stay short, and the checkpoint file names are
+spelled in one module only."""
 
 from __future__ import annotations
 
 import ast
+import gc
 import re
+import subprocess
+import sys
 from pathlib import Path
 
-from resnet_ffcv import resume
+from resnet_ffcv.run import resume
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "resnet_ffcv"
 MAX_FUNCTION_LINES = 80
+MAX_CLASS_LINES = 400
+
+# The package's shape (README "Where things live", ../shared/design.md): each wing or root module may import only
+# what stands in a layer below its own. A new module must be placed here.
+LAYERS = [
+    {"resnet_ffcv", "resnet_ffcv.errors", "resnet_ffcv.atomic"},
+    {"resnet_ffcv.dataset"},  # the file format and writing: runs without Lightning or torch
+    {"resnet_ffcv.data", "resnet_ffcv.recipe", "resnet_ffcv.run"},  # loading; the LightningModule; run safety
+    {"resnet_ffcv.callbacks"},
+    {"resnet_ffcv.config_checks", "resnet_ffcv.run_dir"},
+    {"resnet_ffcv.lightning_cli"},
+    {"resnet_ffcv.tools", "resnet_ffcv.cli"},  # the commands; cli loads them by name only when chosen
+]
+WINGS = ("dataset", "data", "recipe", "run", "tools", "callbacks")
+MAX_LEVELS = 8
 
 
 def module_name(path: Path) -> str:
@@ -19,8 +38,22 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def parse(path: Path) -> ast.Module:
+    """``ast.parse`` with the garbage collector held off. CPython 3.11.7 keeps the AST constructor's recursion
+    counter per interpreter, not per thread: a collection during the parse runs Python code (finalizers), which
+    lets another thread's compile interleave, and the parse fails with "SystemError: AST constructor recursion
+    depth mismatch" (CPython gh-106905, pytest-dev/pytest#10763; seen here once earlier tests had left threads)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return ast.parse(path.read_text(), str(path))
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def parse_modules() -> dict[str, tuple[Path, ast.Module]]:
-    return {module_name(path): (path, ast.parse(path.read_text(), str(path))) for path in PACKAGE.rglob("*.py")}
+    return {module_name(path): (path, parse(path)) for path in PACKAGE.rglob("*.py")}
 
 
 def imported_modules(name: str, path: Path, tree: ast.Module, known: set[str]) -> set[str]:
@@ -76,9 +109,22 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def node_of(module: str) -> str:
+    """A wing's modules are one node (``resnet_ffcv.data.loading`` -> ``resnet_ffcv.data``); root modules their own."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 and parts[1] in WINGS else module
+
+
+def wing_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for module, targets in import_graph().items():
+        graph.setdefault(node_of(module), set()).update(node_of(t) for t in targets if node_of(t) != node_of(module))
+    return graph
+
+
 def test_the_graph_reader_sees_function_level_and_relative_imports():
     graph = import_graph()
-    assert "resnet_ffcv.resume" in graph["resnet_ffcv.callbacks.checkpointing"]
+    assert "resnet_ffcv.run.resume" in graph["resnet_ffcv.callbacks.checkpointing"]
     assert "resnet_ffcv.callbacks.checkpointing" in graph["resnet_ffcv.callbacks"]  # the package's __init__
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
@@ -90,10 +136,48 @@ def test_no_import_cycle():
     assert cycle is None, "import cycle (module-level and function-level imports): " + " -> ".join(cycle or [])
 
 
-def test_resume_is_below_callbacks_and_cli():
-    imports = import_graph()["resnet_ffcv.resume"]
-    above = {name for name in imports if name.startswith(("resnet_ffcv.callbacks", "resnet_ffcv.cli"))}
-    assert not above, f"resume.py imports {sorted(above)}: it must stay below the callbacks and the CLI"
+def test_every_wing_imports_only_the_layers_below_it():
+    layer_of = {node: index for index, layer in enumerate(LAYERS) for node in layer}
+    graph = wing_graph()
+    assert set(graph) <= set(layer_of), (
+        f"modules in no layer (add them to LAYERS): {sorted(set(graph) - set(layer_of))}"
+    )
+    upward = [
+        f"{node} (layer {layer_of[node]}) imports {target} (layer {layer_of[target]})"
+        for node, targets in sorted(graph.items())
+        for target in sorted(targets)
+        if layer_of[target] >= layer_of[node]
+    ]
+    assert not upward, "imports that do not point down:\n" + "\n".join(upward)
+
+
+def test_the_wing_graph_is_shallow():
+    graph = wing_graph()
+
+    def depth(node: str, seen: tuple[str, ...] = ()) -> int:
+        return 1 + max((depth(t, (*seen, node)) for t in graph.get(node, ()) if t not in seen), default=0)
+
+    assert max(map(depth, graph)) <= MAX_LEVELS
+
+
+def test_the_dataset_wing_runs_without_lightning_or_torch():
+    """``write-dataset`` runs on a CPU box without them: importing every dataset module loads neither."""
+    modules = sorted(name for name in parse_modules() if name.startswith("resnet_ffcv.dataset"))
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\n" + (
+        "print(sorted(n for n in ('torch', 'lightning', 'torchvision', 'torchmetrics') if n in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]", f"importing {modules} loaded {result.stdout.strip()}"
+
+
+def test_no_class_longer_than_400_lines():
+    offenders = [
+        f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for path, tree in sorted(parse_modules().values())
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES
+    ]
+    assert not offenders, f"classes over {MAX_CLASS_LINES} lines:\n" + "\n".join(offenders)
 
 
 def test_no_function_longer_than_80_lines():
@@ -124,7 +208,7 @@ def test_checkpoint_names_are_spelled_only_in_resume():
     names = (resume.LATEST_NAME, resume.BEST_NAME, resume.WANDB_ID_FILE, resume.periodic_name(0).removesuffix("0.ckpt"))
     offenders = []
     for name, (path, tree) in parse_modules().items():
-        if name == "resnet_ffcv.resume":
+        if name == "resnet_ffcv.run.resume":
             continue
         skip = docstrings(tree)
         for node in ast.walk(tree):

@@ -14,8 +14,8 @@ import signal
 import pytest
 
 from resnet_ffcv.callbacks.checkpointing import WRITE_PAUSE_ENV
-from resnet_ffcv.model import ImageClassifier
-from resnet_ffcv.resume import IncompatibleCheckpointError, check_compatible
+from resnet_ffcv.recipe.module import ImageClassifier
+from resnet_ffcv.run.resume import IncompatibleCheckpointError, check_compatible
 
 from .helpers import free_port
 from .helpers import load_checkpoint as load

@@ -19,12 +19,12 @@ import yaml
 
 from resnet_ffcv.cli import main
 from resnet_ffcv.config_checks import ConfigError, check_fit_config, validation_metrics
-from resnet_ffcv.data import FFCVDataModule
-from resnet_ffcv.doctor import doctor
+from resnet_ffcv.data.datamodule import FFCVDataModule
+from resnet_ffcv.data.resolution import ramp_resolution
+from resnet_ffcv.dataset.writer import write_dataset
 from resnet_ffcv.lightning_cli import LoggedSaveConfig, ResNetCLI, parse_config_only
-from resnet_ffcv.model import ImageClassifier
-from resnet_ffcv.resolution import ramp_resolution
-from resnet_ffcv.writer import write_dataset
+from resnet_ffcv.recipe.module import ImageClassifier
+from resnet_ffcv.tools.doctor import doctor
 
 from .helpers import CONFIGS, run_cli
 

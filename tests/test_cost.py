@@ -6,8 +6,8 @@ import lightning as L
 import pytest
 
 from resnet_ffcv.callbacks.cost import CostMonitor
-from resnet_ffcv.data import FFCVDataModule
-from resnet_ffcv.model import ImageClassifier
+from resnet_ffcv.data.datamodule import FFCVDataModule
+from resnet_ffcv.recipe.module import ImageClassifier
 
 from .helpers import load_checkpoint, quiet_trainer
 

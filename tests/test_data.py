@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_ffcv.data import FFCVDataModule
+from resnet_ffcv.data.datamodule import FFCVDataModule
+from resnet_ffcv.data.loading import pipelines
 
 from .data_helpers import ProbeModule, write_indexed_ffcv
 from .helpers import load_checkpoint, quiet_trainer
@@ -254,14 +255,13 @@ def test_loader_benchmark_smoke(image_folder, ffcv_dir, capsys):
     assert "| 32 |" in capsys.readouterr().out
 
 
-def test_pipelines_end_uint8_and_go_to_the_ranks_gpu_only_on_cuda(indexed_dir, monkeypatch):
+def test_pipelines_end_uint8_and_go_to_the_ranks_gpu_only_on_cuda():
     from ffcv.fields.decoders import CenterCropRGBImageDecoder
 
     def names(ops) -> list[str]:
         return [type(op).__name__ for op in ops]
 
-    data = datamodule(indexed_dir)
-    cpu = data._pipelines(CenterCropRGBImageDecoder((32, 32), 0.875), augment=True)
+    cpu = pipelines(CenterCropRGBImageDecoder((32, 32), 0.875), augment=True, device=torch.device("cpu"))
     assert names(cpu["image"]) == [
         "CenterCropRGBImageDecoder",
         "RandomHorizontalFlip",
@@ -270,9 +270,8 @@ def test_pipelines_end_uint8_and_go_to_the_ranks_gpu_only_on_cuda(indexed_dir, m
     ]
     assert names(cpu["label"]) == ["IntDecoder", "ToTensor", "Squeeze"]
 
-    # No GPU here: only the device the strategy reports is faked (rank 3's GPU); nothing is moved.
-    monkeypatch.setattr(FFCVDataModule, "_device", lambda self: torch.device("cuda", 3))
-    gpu = data._pipelines(CenterCropRGBImageDecoder((32, 32), 0.875), augment=False)
+    # No GPU here: only the device the strategy reports is given (rank 3's GPU); nothing is moved.
+    gpu = pipelines(CenterCropRGBImageDecoder((32, 32), 0.875), augment=False, device=torch.device("cuda", 3))
     assert names(gpu["image"]) == ["CenterCropRGBImageDecoder", "ToTensor", "ToDevice", "ToTorchImage"]
     for op in (gpu["image"][2], gpu["label"][-1]):
         assert op.device == torch.device("cuda", 3) and op.non_blocking

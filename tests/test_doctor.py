@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from resnet_ffcv.cli import main
-from resnet_ffcv.doctor import check_free_disk
+from resnet_ffcv.tools.doctor import check_free_disk
 
 from .helpers import CONFIGS
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from resnet_ffcv.doctor import check_checkpoint_writable, check_resume, check_wandb
-from resnet_ffcv.resume import LATEST_NAME, periodic_name
+from resnet_ffcv.run.resume import LATEST_NAME, periodic_name
+from resnet_ffcv.tools.doctor import check_checkpoint_writable, check_resume, check_wandb
 
 
 def test_checkpoint_dir_is_checked_without_creating_it(tmp_path):

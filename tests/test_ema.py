@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from resnet_ffcv.ema import EMA, decay_for_half_life
+from resnet_ffcv.recipe.ema import EMA, decay_for_half_life
 
 
 def small_net() -> nn.Module:
@@ -41,7 +41,7 @@ def test_ema_update_math_and_buffers():
 
 
 def test_ema_is_frozen_and_kept_out_of_the_optimizer():
-    from resnet_ffcv.model import ImageClassifier
+    from resnet_ffcv.recipe.module import ImageClassifier
 
     model = ImageClassifier(arch="resnet18", num_classes=3, use_ema=True, blurpool=False)
     assert not any(p.requires_grad for p in model.ema.parameters())
@@ -116,8 +116,8 @@ def test_set_decay_changes_the_blend():
 @pytest.mark.parametrize(("accumulate", "expected_steps"), [(1, 6), (4, 2)])
 def test_model_sets_the_decay_from_the_steps_of_the_epoch(accumulate, expected_steps):
     """A real fit: 6 batches per epoch (2 optimizer steps with accumulation 4, the last batch stepping too)."""
-    from resnet_ffcv.model import ImageClassifier
-    from resnet_ffcv.throughput import RepeatedBatches, synthetic_batch
+    from resnet_ffcv.recipe.module import ImageClassifier
+    from resnet_ffcv.tools.throughput import RepeatedBatches, synthetic_batch
 
     from .helpers import quiet_trainer
 
@@ -129,7 +129,8 @@ def test_model_sets_the_decay_from_the_steps_of_the_epoch(accumulate, expected_s
 
 
 def test_decay_and_half_life_are_exclusive_and_named():
-    from resnet_ffcv.model import DEFAULT_EMA_HALF_LIFE_EPOCHS, ImageClassifier
+    from resnet_ffcv.recipe.ema import DEFAULT_HALF_LIFE_EPOCHS
+    from resnet_ffcv.recipe.module import ImageClassifier
 
     with pytest.raises(ValueError, match=r"model.ema_decay=0.9998 and model.ema_half_life_epochs=2"):
         ImageClassifier(arch="resnet18", num_classes=3, ema_decay=0.9998, ema_half_life_epochs=2)
@@ -137,4 +138,4 @@ def test_decay_and_half_life_are_exclusive_and_named():
         ImageClassifier(arch="resnet18", num_classes=3, ema_half_life_epochs=-1)
     fixed = ImageClassifier(arch="resnet18", num_classes=3, ema_decay=0.99)
     assert fixed.ema.decay == 0.99
-    assert DEFAULT_EMA_HALF_LIFE_EPOCHS == 2.0
+    assert DEFAULT_HALF_LIFE_EPOCHS == 2.0

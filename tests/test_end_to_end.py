@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from resnet_ffcv.cli import main
-from resnet_ffcv.dataset_format import CLASSES_FILE, load_classes
+from resnet_ffcv.dataset.format import CLASSES_FILE, load_classes
 
 from .helpers import CONFIGS, run_cli
 from .wandb_log import logged_keys

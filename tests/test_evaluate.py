@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from resnet_ffcv.errors import InputNotFound, InvalidValue, UserError
-from resnet_ffcv.evaluate import evaluate, join_list_options
+from resnet_ffcv.tools.evaluate import evaluate, join_list_options
 
 from .helpers import run_cli, trained_checkpoint
 

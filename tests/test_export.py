@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from resnet_ffcv.cli import main
-from resnet_ffcv.model import ImageClassifier
+from resnet_ffcv.recipe.module import ImageClassifier
 
 from .helpers import trained_checkpoint
 

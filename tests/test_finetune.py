@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from resnet_ffcv.errors import InvalidValue
-from resnet_ffcv.export import export
-from resnet_ffcv.model import ImageClassifier
-from resnet_ffcv.throughput import RepeatedBatches, synthetic_batch
+from resnet_ffcv.recipe.module import ImageClassifier
+from resnet_ffcv.tools.export import export
+from resnet_ffcv.tools.throughput import RepeatedBatches, synthetic_batch
 
 from .helpers import CONFIGS, load_checkpoint, quiet_trainer, run_cli, trained_checkpoint
 

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from resnet_ffcv.model import ImageClassifier
+from resnet_ffcv.recipe.module import ImageClassifier
 
 from .helpers import run_cli
 

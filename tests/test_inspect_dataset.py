@@ -7,8 +7,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from resnet_ffcv.inspect_dataset import StoredImages
-from resnet_ffcv.sources import decode_rgb
+from resnet_ffcv.dataset.inspect import StoredImages
+from resnet_ffcv.dataset.sources import decode_rgb
 
 from .helpers import run_cli
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resnet_ffcv.mixing import MixPolicy
+from resnet_ffcv.recipe.mixing import MixPolicy
 
 N, C, H, W, CLASSES = 8, 3, 24, 20, 5
 

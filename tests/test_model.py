@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from resnet_ffcv.model import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier, real_samples_on_rank, split_weight_decay
-from resnet_ffcv.networks import BlurPoolConv2d, build_network
+from resnet_ffcv.recipe.evaluation import real_samples_on_rank
+from resnet_ffcv.recipe.module import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier
+from resnet_ffcv.recipe.networks import BlurPoolConv2d, build_network
+from resnet_ffcv.recipe.optim import split_weight_decay
 
 from .helpers import load_checkpoint, quiet_trainer
 
@@ -63,9 +65,9 @@ def test_zero_init_residual_makes_blocks_identity():
 
 def test_linear_lr_scaling_is_opt_in():
     plain = ImageClassifier(arch="resnet18", num_classes=4, lr=0.8, use_ema=False)
-    assert plain.peak_lr(global_batch=1024) == 0.8
+    assert plain.lr_schedule.peak_lr(global_batch=1024) == 0.8
     scaled = ImageClassifier(arch="resnet18", num_classes=4, lr=0.1, lr_reference_batch=256, use_ema=False)
-    assert scaled.peak_lr(global_batch=2048) == pytest.approx(0.8)
+    assert scaled.lr_schedule.peak_lr(global_batch=2048) == pytest.approx(0.8)
     with pytest.raises(ValueError, match="model.lr_reference_batch=0"):
         ImageClassifier(arch="resnet18", num_classes=4, lr_reference_batch=0)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnet_ffcv.resume import find_resume_checkpoint
-from resnet_ffcv.storage import MARKER_SUFFIX, RemoteCheckpointDir
+from resnet_ffcv.run.resume import find_resume_checkpoint
+from resnet_ffcv.run.storage import MARKER_SUFFIX, RemoteCheckpointDir
 
 from .helpers import free_port, run_cli
 from .spot_support import write_config

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_ffcv.ffcv_io import MIN_SIDE
-from resnet_ffcv.inspect_dataset import StoredImages
-from resnet_ffcv.predict import list_images
+from resnet_ffcv.data.image_files import list_images
+from resnet_ffcv.dataset.ffcv_io import MIN_SIDE
+from resnet_ffcv.dataset.inspect import StoredImages
 
 from .helpers import CONFIGS, run_cli, trained_checkpoint
 
@@ -99,7 +99,7 @@ def test_elongated_and_one_pixel_images_are_kept_and_ffcv_centre_crops_them(tmp_
 import numpy as np
 from ffcv.fields.rgb_image import get_center_crop, get_random_crop
 from ffcv.libffcv import resize_crop
-from resnet_ffcv.inspect_dataset import StoredImages
+from resnet_ffcv.dataset.inspect import StoredImages
 stored = StoredImages({str(tmp_path / "out" / "train.ffcv")!r})
 out = np.empty((16, 16, 3), np.uint8)
 for index in range(len(stored)):

@@ -11,16 +11,19 @@ import pytest
 import torch
 
 from resnet_ffcv.cli import main
-from resnet_ffcv.plan import Plan, Stage, format_plan, group_stages, project_stage
+from resnet_ffcv.data.resolution import ResolutionSchedule
+from resnet_ffcv.data.resolution import Stage as ScheduleStage
+from resnet_ffcv.tools.plan import Plan, Stage, format_plan, group_stages, project_stage
 
 from .helpers import CONFIGS, cli_command, cli_env
 
 
 def test_group_stages_follows_the_schedule():
-    def schedule(epoch):
-        return (160, None) if epoch < 3 else (192, 128) if epoch < 5 else (224, 128)
+    schedule = ResolutionSchedule(
+        stages=[ScheduleStage(0, 160), ScheduleStage(3, 192, 128), ScheduleStage(5, 224, 128)]
+    )
 
-    assert group_stages(6, schedule, default_batch=256) == [
+    assert group_stages(6, lambda epoch: schedule.train_shape(epoch, 64, batch_size=256)) == [
         Stage(0, 3, 160, 256),
         Stage(3, 2, 192, 128),
         Stage(5, 1, 224, 128),
@@ -120,25 +123,29 @@ def test_plan_compiles_on_the_cpu_when_asked(capsys, ffcv_dir, tmp_path):
     assert "torch.compile measured here:" in out and "s per training graph" in out
 
 
-def test_step_clock_times_the_first_step_apart():
-    """Where plan reads a compile's cost: the first step alone, against the steady ones (a deliberately slow one)."""
-    import time
+def test_step_clock_times_the_first_step_apart(monkeypatch):
+    """Where plan reads a compile's cost: the first step alone, against the steady ones. The clock the StepClock
+    reads is one the steps themselves advance (10 s in the first, 1 s in each other), so the split is exact."""
+    from types import SimpleNamespace
 
     import lightning as L
 
-    from resnet_ffcv.model import ImageClassifier
-    from resnet_ffcv.throughput import run_lightning_steps, synthetic_batch
+    from resnet_ffcv.recipe.module import ImageClassifier
+    from resnet_ffcv.tools import throughput
 
-    class SlowFirstStep(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            if batch_idx == 0:
-                time.sleep(0.5)  # stands in for a compile
+    now = [0.0]
+    monkeypatch.setattr(throughput, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    class StepTime(L.Callback):
+        def on_before_backward(self, trainer, pl_module, loss) -> None:  # inside the step, whatever the hook order
+            now[0] += 10.0 if trainer.global_step == 0 else 1.0  # the first stands in for a compile
 
     module = ImageClassifier(arch="resnet18", num_classes=10, warmup_epochs=0, use_ema=False)
-    batch = synthetic_batch(2, 32, 10, torch.device("cpu"))
-    clock = run_lightning_steps(module, batch, 4, 1, "32-true", torch.device("cpu"), callbacks=[SlowFirstStep()])
-    steady = clock.seconds / 3
-    assert clock.first_step_seconds - steady > 0.4
+    batch = throughput.synthetic_batch(2, 32, 10, torch.device("cpu"))
+    clock = throughput.run_lightning_steps(module, batch, 4, 1, "32-true", torch.device("cpu"), callbacks=[StepTime()])
+    assert clock.first_step_seconds == 10.0
+    assert clock.seconds == 3.0  # the three steady steps, the first one not among them
+    assert clock.step_seconds == [1.0, 1.0, 1.0]
 
 
 def test_plan_on_a_cpu_says_what_it_measures_and_stops_promptly_on_sigterm(tmp_path):

@@ -12,11 +12,12 @@ import torch
 import yaml
 from PIL import Image
 
+from resnet_ffcv.callbacks import PredictionWriter
 from resnet_ffcv.cli import main
-from resnet_ffcv.data import FFCVDataModule
-from resnet_ffcv.dataset_format import CLASSES_FILE, load_classes
-from resnet_ffcv.model import ImageClassifier
-from resnet_ffcv.predict import ImageFiles, PredictionWriter, collate_channels_last
+from resnet_ffcv.data.datamodule import FFCVDataModule
+from resnet_ffcv.data.image_files import ImageFiles, collate_channels_last
+from resnet_ffcv.dataset.format import CLASSES_FILE, load_classes
+from resnet_ffcv.recipe.module import ImageClassifier
 
 from .helpers import CONFIGS, quiet_trainer, run_cli, trained_checkpoint
 
@@ -177,7 +178,7 @@ def test_predict_overlay_on_the_p4d_config(capsys):
         main(["predict", "--config", str(CONFIGS / "p4d_78pct.yaml"), *PREDICT[2:], "--print_config"])
     config = yaml.safe_load(capsys.readouterr().out)
     trainer = config["trainer"]
-    assert [callback["class_path"] for callback in trainer["callbacks"]] == ["resnet_ffcv.predict.PredictionWriter"]
+    assert [callback["class_path"] for callback in trainer["callbacks"]] == ["resnet_ffcv.callbacks.PredictionWriter"]
     assert (trainer["devices"], trainer["num_nodes"], trainer["strategy"], trainer["logger"]) == (1, 1, "auto", False)
     assert config["model"]["arch"] == "resnet50" and config["model"]["predict_with_ema"] is True
 

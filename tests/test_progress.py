@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from resnet_ffcv.callbacks.progress import ProgressPrinter, format_duration
-from resnet_ffcv.resolution import ResolutionSchedule
-from resnet_ffcv.throughput import RepeatedBatches, synthetic_batch
+from resnet_ffcv.data.resolution import ResolutionSchedule
+from resnet_ffcv.tools.throughput import RepeatedBatches, synthetic_batch
 
 from .helpers import CONFIGS, quiet_trainer, run_cli
 
@@ -78,14 +78,17 @@ class TinyClassifier(L.LightningModule):
 
 
 class ScheduledBatches(L.LightningDataModule):
-    """Each epoch's batches at its resolution from ``resolution`` (the attribute ProgressPrinter reads)."""
+    """Each epoch's batches at its resolution from ``train_shape`` (what ProgressPrinter asks, as of FFCVDataModule)."""
 
     def __init__(self, schedule: ResolutionSchedule):
         super().__init__()
         self.resolution = schedule
 
+    def train_shape(self, epoch: int) -> tuple[int, int]:
+        return self.resolution.train_shape(epoch, 32, BATCH)
+
     def train_dataloader(self):
-        side = self.resolution.at(self.trainer.current_epoch)[0]
+        side = self.train_shape(self.trainer.current_epoch)[0]
         return RepeatedBatches(synthetic_batch(BATCH, side, 2, torch.device("cpu")), BATCHES)
 
 

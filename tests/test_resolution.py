@@ -10,10 +10,10 @@ import pytest
 from jsonargparse import ArgumentParser
 
 from resnet_ffcv.callbacks import ResolutionMonitor
-from resnet_ffcv.data import FFCVDataModule
+from resnet_ffcv.data.datamodule import FFCVDataModule
+from resnet_ffcv.data.resolution import ResolutionSchedule, Stage, ramp_resolution
 from resnet_ffcv.lightning_cli import ResNetCLI, parse_config_only
-from resnet_ffcv.model import ImageClassifier
-from resnet_ffcv.resolution import ResolutionSchedule, Stage, ramp_resolution
+from resnet_ffcv.recipe.module import ImageClassifier
 
 from .data_helpers import ProbeModule, write_indexed_ffcv
 from .helpers import CONFIGS, quiet_trainer

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from resnet_ffcv.callbacks.checkpointing import DISK_FULL_ENV, WRITE_PAUSE_ENV
-from resnet_ffcv.resume import checksum_path, load_checkpoint_header
+from resnet_ffcv.run.resume import checksum_path, load_checkpoint_header
 
 from .helpers import load_checkpoint as load
 from .spot_support import CLIProcess, write_config

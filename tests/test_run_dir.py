@@ -150,7 +150,10 @@ def test_sigterm_writes_an_interrupted_summary(ffcv_dir, tmp_path, imds):
     settings["checkpoint"]["dirpath"] = str(elsewhere)
     config.write_text(yaml.safe_dump(settings))
     process = CLIProcess("fit", "--config", str(config), "--trainer.max_epochs=50", "--data.batch_size=2")
-    process.wait_for_line("Armed: SIGTERM/SIGINT")
+    # After a batch has trained (the progress line of step 1): the stop is mid-epoch, with a checkpoint to save. A
+    # signal right after "Armed" can land while the first batch is still being fetched, before epoch 0 starts,
+    # and then there is nothing to save (that path: test_spot.py's start-up test).
+    process.wait_for_line(" step 1 (batch 1/")
     process.process.send_signal(signal.SIGTERM)
     assert process.finish() == INTERRUPTED_EXIT_CODE, process.output
     summary = json.loads((run / "summary.json").read_text())

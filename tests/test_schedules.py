@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_ffcv.schedules import (
+from resnet_ffcv.recipe.schedules import (
     SCHEDULES,
     Schedule,
     ScheduleName,
@@ -157,8 +157,8 @@ def test_grad_norm_and_clipped_share_logged_on_logging_steps(tmp_path, clip, sha
 
     from lightning.pytorch.loggers import CSVLogger
 
-    from resnet_ffcv.model import ImageClassifier
-    from resnet_ffcv.throughput import RepeatedBatches, synthetic_batch
+    from resnet_ffcv.recipe.module import ImageClassifier
+    from resnet_ffcv.tools.throughput import RepeatedBatches, synthetic_batch
 
     from .helpers import quiet_trainer
 

@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from resnet_ffcv.callbacks.spot import INTERRUPTED_EXIT_CODE
-from resnet_ffcv.dataset_format import validate_ffcv
+from resnet_ffcv.dataset.format import validate_ffcv
 from resnet_ffcv.lightning_cli import parse_config_only
-from resnet_ffcv.storage import MARKER_SUFFIX, RemoteCheckpointDir
+from resnet_ffcv.run.storage import MARKER_SUFFIX, RemoteCheckpointDir
 
 from .helpers import REPO, free_port, run_cli
 from .spot_support import write_config
@@ -321,7 +321,7 @@ def test_doctor_reports_the_read_speed_and_the_first_epoch_read_time(tmp_path, f
 
 
 def test_disk_read_adds_to_the_plan_when_slower_than_compute(tmp_path):
-    from resnet_ffcv import disk_speed
+    from resnet_ffcv.tools import disk_speed
 
     path = tmp_path / "train.ffcv"
     path.write_bytes(os.urandom(4 << 20))

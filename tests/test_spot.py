@@ -18,7 +18,7 @@ import pytest
 
 from resnet_ffcv.callbacks import SpotInterruption
 from resnet_ffcv.callbacks.spot import INTERRUPTED_EXIT_CODE
-from resnet_ffcv.schedules import Schedule
+from resnet_ffcv.recipe.schedules import Schedule
 
 from .helpers import REPO
 from .helpers import load_checkpoint as load

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from resnet_ffcv.callbacks import SpotCheckpoint, TargetAccuracyStop
-from resnet_ffcv.callbacks.validation_schedule import validates
-from resnet_ffcv.model import ImageClassifier
-from resnet_ffcv.throughput import RepeatedBatches, synthetic_batch
+from resnet_ffcv.recipe.module import ImageClassifier
+from resnet_ffcv.recipe.validation_schedule import validates
+from resnet_ffcv.tools.throughput import RepeatedBatches, synthetic_batch
 
 from .helpers import quiet_trainer
 

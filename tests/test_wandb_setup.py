@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from resnet_ffcv.wandb_setup import fall_back_to_offline_without_credentials, wandb_credentials, wandb_mode
+from resnet_ffcv.run.wandb_setup import fall_back_to_offline_without_credentials, wandb_credentials, wandb_mode
 
 
 @pytest.fixture

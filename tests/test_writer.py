@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_ffcv.dataset_format import CLASSES_FILE, MANIFEST_FILE, load_classes
-from resnet_ffcv.ffcv_io import WriteAborted
-from resnet_ffcv.inspect_dataset import StoredImages
-from resnet_ffcv.sources import list_imagefolder
-from resnet_ffcv.writer import PRESETS, REPORT_FILE, DatasetProblems, estimate_bytes, write_dataset
+from resnet_ffcv.dataset.ffcv_io import WriteAborted
+from resnet_ffcv.dataset.format import CLASSES_FILE, MANIFEST_FILE, load_classes
+from resnet_ffcv.dataset.inspect import StoredImages
+from resnet_ffcv.dataset.sources import list_imagefolder
+from resnet_ffcv.dataset.writer import PRESETS, REPORT_FILE, DatasetProblems, estimate_bytes, write_dataset
 
 from .helpers import REPO
 
@@ -317,7 +317,7 @@ def test_kill_minus_9_mid_write_leaves_no_final_file_and_the_rerun_succeeds(tmp_
             (source / "train" / f"class{label}" / f"{n:04d}.JPEG").write_bytes(photo)
     out = tmp_path / "out"
     command = [
-        sys.executable, "-m", "resnet_ffcv.writer", "--source_dir", str(source),
+        sys.executable, "-m", "resnet_ffcv.dataset.writer", "--source_dir", str(source),
         "--output_dir", str(out), "--splits", "[train]", "--num_workers", "2", "--chunk_size", "10",
         "--write_mode", "raw",
     ]  # fmt: skip
@@ -382,8 +382,8 @@ class _SourceWithABug:
 
 def test_a_crashing_worker_stops_the_write_with_the_sample_named_instead_of_hanging(tmp_path):
     """FFCV 1.0.2's own loop waits forever when a worker dies; ours reports the sample and returns."""
-    from resnet_ffcv.ffcv_io import write_ffcv
-    from resnet_ffcv.writer import image_fields
+    from resnet_ffcv.dataset.ffcv_io import write_ffcv
+    from resnet_ffcv.dataset.writer import image_fields
 
     with pytest.raises(WriteAborted, match=r"sample-5: .*uint8"):
         write_ffcv(tmp_path / "x.ffcv", image_fields(PRESETS["rn18"]), _SourceWithABug(), 2, 2, True)

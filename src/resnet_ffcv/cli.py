@@ -34,35 +34,35 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "predict": Subcommand("classify a folder of images, an image or a .ffcv with a checkpoint -> CSV"),
     "write-dataset": Subcommand(
         "ImageFolder or local Hugging Face data -> train.ffcv, val.ffcv, classes.json, manifest",
-        "resnet_ffcv.writer:write_dataset",
+        "resnet_ffcv.dataset.writer:write_dataset",
     ),
     "make-synthetic": Subcommand(
         "the demo's learnable image set, as real JPEG files",
-        "resnet_ffcv.synthetic:make_synthetic_imagefolder",
+        "resnet_ffcv.dataset.synthetic:make_synthetic_imagefolder",
     ),
     "inspect-dataset": Subcommand(
         "counts, fields, label histogram, size stats and a PNG grid of a .ffcv file",
-        "resnet_ffcv.inspect_dataset:inspect_dataset",
+        "resnet_ffcv.dataset.inspect:inspect_dataset",
     ),
     "doctor": Subcommand(
         "preflight pass/fail lines (GPUs, data, checkpoint dir, resume, W&B) before paying for GPU time",
-        "resnet_ffcv.doctor:doctor",
+        "resnet_ffcv.tools.doctor:doctor",
         own_parser=True,
     ),
     "evaluate": Subcommand(
         "top-1/top-5 of a checkpoint, raw and EMA, at several resolutions, crops, with and without flip TTA",
-        "resnet_ffcv.evaluate:evaluate_command",
+        "resnet_ffcv.tools.evaluate:evaluate_command",
         own_parser=True,
     ),
-    "export": Subcommand("checkpoint -> torchvision state_dict or TorchScript", "resnet_ffcv.export:export"),
+    "export": Subcommand("checkpoint -> torchvision state_dict or TorchScript", "resnet_ffcv.tools.export:export"),
     "plan": Subcommand(
         "measured images/s per resolution stage -> epoch times, total time and cost",
-        "resnet_ffcv.plan:plan_command",
+        "resnet_ffcv.tools.plan:plan_command",
         own_parser=True,
     ),
     "curves": Subcommand(
         "loss, top-1, LR, resolution, images/s of RUN_DIR/metrics.csv (one or two runs) -> PNG",
-        "resnet_ffcv.curves:curves_command",
+        "resnet_ffcv.tools.curves:curves_command",
         own_parser=True,
     ),
 }
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if command is None or not command.target:  # LightningCLI also owns the options before a subcommand
         if name == "fit":  # from here on SIGTERM/SIGINT mean "stop and exit 75", also while torch imports
-            from resnet_ffcv.stop_signals import STOP
+            from resnet_ffcv.run.stop_signals import STOP
 
             STOP.install()
         from resnet_ffcv.lightning_cli import run

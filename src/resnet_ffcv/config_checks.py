@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from resnet_ffcv.dataset_format import CLASSES_FILE, load_classes
+from resnet_ffcv.dataset.format import CLASSES_FILE, load_classes
 from resnet_ffcv.errors import UserError
 
 # Schedules whose rise to model.lr lasts model.warmup_epochs (triangular rises until model.lr_peak_epoch).
@@ -30,7 +30,7 @@ def validation_metrics(use_ema: bool, val_weights: str = "both") -> set[str]:
     config (or ``--model.use_ema false``) switching EMA off. tests/test_config_stacks.py checks this set against
     what a real run logs.
     """
-    from resnet_ffcv.model import eval_suffixes
+    from resnet_ffcv.recipe.evaluation import eval_suffixes
 
     suffixes = eval_suffixes(use_ema, val_weights)
     return {f"val/{name}{suffix}" for name in ("acc1", "acc5", "loss") for suffix in suffixes} | {

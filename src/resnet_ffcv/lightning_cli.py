@@ -1,7 +1,7 @@
 """The LightningCLI behind ``resnet-ffcv fit / validate / test / predict``, and the same parse for the tools.
 
 ``fit`` resumes by itself: with no ``--ckpt_path`` it continues from the latest checkpoint in
-``checkpoint.dirpath`` (or the newest loadable periodic one; names and rules in :mod:`resnet_ffcv.resume`),
+``checkpoint.dirpath`` (or the newest loadable periodic one; names and rules in :mod:`resnet_ffcv.run.resume`),
 and a W&B logger continues the same run. Before training it guards the directory (docs/spot-safety.md): one
 ``fit`` per directory (a lock), writable with room for the checkpoints, no silent start from scratch over
 unloadable checkpoints, no silent change of hyperparameters, and a finished run is not trained again.
@@ -25,7 +25,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
-from resnet_ffcv import atomic, checkpoint_lock
+from resnet_ffcv import atomic
 from resnet_ffcv.callbacks.checkpointing import DEFAULT_DIRPATH, SpotCheckpoint
 from resnet_ffcv.callbacks.cost import CostMonitor
 from resnet_ffcv.callbacks.metrics_csv import MetricsCSV
@@ -35,11 +35,12 @@ from resnet_ffcv.callbacks.run_summary import RunSummary
 from resnet_ffcv.callbacks.spot import SpotInterruption, TrainingInterrupted
 from resnet_ffcv.callbacks.target_accuracy import TargetAccuracyStop
 from resnet_ffcv.config_checks import ConfigError, check_fit_config
-from resnet_ffcv.data import FFCVDataModule
+from resnet_ffcv.data.datamodule import FFCVDataModule
+from resnet_ffcv.data.resolution import ResolutionSchedule
 from resnet_ffcv.errors import UserError, debug_enabled
-from resnet_ffcv.model import ImageClassifier
-from resnet_ffcv.resolution import ResolutionSchedule
-from resnet_ffcv.resume import (
+from resnet_ffcv.recipe.module import ImageClassifier
+from resnet_ffcv.run import checkpoint_lock
+from resnet_ffcv.run.resume import (
     SettingsDiffer,
     check_compatible,
     configured_checkpoint_dir,
@@ -52,9 +53,9 @@ from resnet_ffcv.resume import (
     resolve_resume_path,
     settings_differences,
 )
+from resnet_ffcv.run.stop_signals import STOP, StopSignals
+from resnet_ffcv.run.wandb_setup import fall_back_to_offline_without_credentials, is_wandb_logger, prepare_wandb_logger
 from resnet_ffcv.run_dir import apply_run_dir, saved_config_path
-from resnet_ffcv.stop_signals import STOP, StopSignals
-from resnet_ffcv.wandb_setup import fall_back_to_offline_without_credentials, is_wandb_logger, prepare_wandb_logger
 
 # Library noise printed by every command, filtered narrowly (each has no argument that avoids it):
 # Lightning 2.6's own _pytree helper uses torch's deprecated LeafSpec (nothing we call or could change)...

@@ -1,7 +1,7 @@
 """A checkpoint directory a spot run can be killed over: atomic writes, latest, periodic and best files.
 
 The file names (latest, periodic, best, the W&B run id) and the choice of the file to resume from live in
-:mod:`resnet_ffcv.resume`; this callback decides when those files are written and writes them atomically.
+:mod:`resnet_ffcv.run.resume`; this callback decides when those files are written and writes them atomically.
 
 Each epoch serializes the state once (the latest file); best and periodic files are hard links to that file (a
 copy where the filesystem has no hard links), so three names cost one write. Linked names share their bytes,
@@ -23,9 +23,10 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from resnet_ffcv import atomic, checkpoint_lock
+from resnet_ffcv import atomic
 from resnet_ffcv.errors import InvalidValue
-from resnet_ffcv.resume import (
+from resnet_ffcv.run import checkpoint_lock
+from resnet_ffcv.run.resume import (
     BEST_NAME,
     CHECKSUM_SUFFIX,
     LATEST_NAME,
@@ -36,7 +37,7 @@ from resnet_ffcv.resume import (
     periodic_name,
     write_checksum,
 )
-from resnet_ffcv.storage import RemoteCheckpointDir, is_url
+from resnet_ffcv.run.storage import RemoteCheckpointDir, is_url
 
 # Test seam: seconds to pause after the bytes are written and before the rename, when the write replaces an
 # existing file, so a test can kill -9 the process while a checkpoint is being overwritten. Tests only.
@@ -102,7 +103,7 @@ class SpotCheckpoint(ModelCheckpoint):
     Args:
         dirpath: the checkpoint directory; restarts look here, so it must outlive the instance: an EBS volume
             (not instance storage), or an object-store URL ``s3://bucket/run`` that outlives the zone too
-            (see :mod:`resnet_ffcv.storage`). Null: ``checkpoints`` in the working
+            (see :mod:`resnet_ffcv.run.storage`). Null: ``checkpoints`` in the working
             directory (with ``run_dir`` set, the CLI fills in ``<run_dir>/checkpoints``).
         monitor: metric that picks ``best_model.ckpt``: ``val/acc1``, or ``val/acc1_ema`` when EMA is on.
         mode: ``max`` for accuracies, ``min`` for losses.

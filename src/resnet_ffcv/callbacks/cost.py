@@ -48,8 +48,9 @@ class CostMonitor(L.Callback):
     def elapsed_seconds(self) -> float:
         return self.seconds_before_this_process + time.monotonic() - self._process_start
 
-    def cost_usd(self) -> float:
-        return self.elapsed_seconds() / 3600 * self.price_per_hour
+    def cost_usd(self, elapsed_seconds: float | None = None) -> float:
+        elapsed = self.elapsed_seconds() if elapsed_seconds is None else elapsed_seconds
+        return elapsed / 3600 * self.price_per_hour
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._process_start = self._window_start = time.monotonic()
@@ -70,8 +71,9 @@ class CostMonitor(L.Callback):
         rate = self._window_images / max(1e-9, now - self._window_start)
         pl_module.log("images_per_sec", torch.tensor(rate), prog_bar=True)
         self._window_start, self._window_images = now, 0
-        pl_module.log("cost/elapsed_hours", torch.tensor(self.elapsed_seconds() / 3600))
-        pl_module.log("cost/usd", torch.tensor(self.cost_usd()), prog_bar=True)
+        elapsed = self.elapsed_seconds()  # one reading for both: the hours and the dollars of the same moment
+        pl_module.log("cost/elapsed_hours", torch.tensor(elapsed / 3600))
+        pl_module.log("cost/usd", torch.tensor(self.cost_usd(elapsed)), prog_bar=True)
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             # The loss on the console: one device->host copy per log_every_n_steps instead of the per-step sync
@@ -80,8 +82,9 @@ class CostMonitor(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.log("time/epoch_seconds", time.monotonic() - self._epoch_start)
-        pl_module.log("cost/elapsed_hours", self.elapsed_seconds() / 3600)
-        pl_module.log("cost/usd", self.cost_usd())
+        elapsed = self.elapsed_seconds()
+        pl_module.log("cost/elapsed_hours", elapsed / 3600)
+        pl_module.log("cost/usd", self.cost_usd(elapsed))
         if torch.cuda.is_available():
             pl_module.log("gpu/max_memory_gb", torch.cuda.max_memory_allocated() / 1e9)
 

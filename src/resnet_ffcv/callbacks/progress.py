@@ -130,7 +130,7 @@ class ProgressPrinter(L.Callback):
         """Seconds of training left: remaining pixels (image x resolution^2) at the pixel rate measured so far.
 
         The batches left run to whichever of ``max_epochs`` and ``max_steps`` comes first; each later epoch is
-        weighed by its resolution from the datamodule's schedule, also when ``max_steps`` ends inside it.
+        weighed by its resolution from the datamodule (``train_shape``), also when ``max_steps`` ends inside it.
         """
         batches = trainer.num_training_batches
         if self._seconds <= 0 or not 0 < batches < float("inf"):
@@ -141,12 +141,14 @@ class ProgressPrinter(L.Callback):
         max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
         if max_epochs is None and steps is None:
             return None
-        schedule = getattr(trainer.datamodule, "resolution", None) if trainer.datamodule is not None else None
+        train_shape = getattr(
+            trainer.datamodule, "train_shape", None
+        )  # FFCVDataModule's (resolution, batch) of epoch k
         take = max(0, min(batches - batch_idx - 1, batches_left))
         remaining, batches_left = take * images * resolution**2, batches_left - take
         epoch = trainer.current_epoch + 1
         while batches_left > 0 and (max_epochs is None or epoch < max_epochs):
-            future = schedule.at(epoch)[0] if hasattr(schedule, "at") else resolution
+            future = train_shape(epoch)[0] if train_shape is not None else resolution
             take = min(batches, batches_left)  # an epoch's images at this batch size, at its resolution
             remaining, batches_left, epoch = remaining + take * images * future**2, batches_left - take, epoch + 1
         return remaining * self._seconds / self._pixels

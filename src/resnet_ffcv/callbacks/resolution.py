@@ -1,6 +1,6 @@
 """Logs the training resolution and global batch size of each epoch, read from the batches actually served.
 
-The schedule itself is not a callback: it is a :class:`resnet_ffcv.resolution.ResolutionSchedule` the
+The schedule itself is not a callback: it is a :class:`resnet_ffcv.data.resolution.ResolutionSchedule` the
 datamodule is given and applies (Lightning builds the train loader and creates its iterator before
 ``on_train_epoch_start`` on the first epoch and after a resume, so only the datamodule knows the right moment).
 """

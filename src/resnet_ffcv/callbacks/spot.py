@@ -1,7 +1,7 @@
 """Use the two-minute spot notice: save ``checkpoint_latest.ckpt`` mid-epoch, exit before AWS reclaims.
 
 Rank 0 polls the EC2 instance metadata service (IMDSv2) in a background thread. SIGTERM and SIGINT set the
-process's stop flag (:mod:`resnet_ffcv.stop_signals`, installed by ``resnet-ffcv fit`` at process start, so a
+process's stop flag (:mod:`resnet_ffcv.run.stop_signals`, installed by ``resnet-ffcv fit`` at process start, so a
 signal during start-up is kept too). In a single process the flag is read after every training batch; under DDP
 all ranks learn it through one all-reduce every ``check_every_n_batches`` batches. Then all ranks save
 ``checkpoint_latest.ckpt`` together and leave ``trainer.fit`` by raising :class:`TrainingInterrupted`;
@@ -27,8 +27,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from resnet_ffcv.callbacks.checkpointing import SpotCheckpoint
 from resnet_ffcv.errors import InvalidValue
-from resnet_ffcv.resume import LATEST_NAME
-from resnet_ffcv.stop_signals import INTERRUPTED_EXIT_CODE, STOP
+from resnet_ffcv.run.resume import LATEST_NAME
+from resnet_ffcv.run.stop_signals import INTERRUPTED_EXIT_CODE, STOP
 
 __all__ = ["INTERRUPTED_EXIT_CODE", "SpotInterruption", "TrainingInterrupted"]
 

@@ -1,16 +1,15 @@
 """The FFCV LightningDataModule: ``train.ffcv`` / ``val.ffcv`` -> uint8 NCHW (channels_last) batches.
 
-FFCV's pipelines end in uint8: normalization happens on the device in the LightningModule (a normalize inside
-the pipeline can hang forever on the CPU in ffcv 1.0.2, and uint8 moves 4x fewer bytes to the GPU).
-Loaders are built inside the dataloader hooks because ``distributed=True`` needs the process group. What FFCV's
-``Loader`` does not do on its own under Lightning (epoch order, exact mid-epoch resume, no leaked iterators)
-lives in :mod:`resnet_ffcv.ffcv_loading`; the file format and its checks in :mod:`resnet_ffcv.dataset_format`.
+Every ``*_dataloader`` is one call into :mod:`resnet_ffcv.data.loading`, which builds FFCV's loaders (uint8 to the
+end: the LightningModule normalizes on the device) and adds what FFCV's ``Loader`` does not do on its own under
+Lightning (epoch order, exact mid-epoch resume, no leaked iterators). Loaders are built inside the dataloader
+hooks because ``distributed=True`` needs the process group. The file format and its checks are
+:mod:`resnet_ffcv.dataset.format`; the image-folder input of ``predict`` is :mod:`resnet_ffcv.data.image_files`.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,10 +17,17 @@ import lightning as L
 import numpy as np
 import torch
 
-from resnet_ffcv.dataset_format import CLASSES_FILE, IMAGE_FIELD, LABEL_FIELD, load_classes, validate_ffcv
+from resnet_ffcv.data.image_files import (
+    IndexedBatches,
+    image_files_loader,
+    predict_image_files,
+    predict_workers,
+    relative_names,
+)
+from resnet_ffcv.data.loading import EpochLoader, cores_per_rank, eval_loader, train_loader
+from resnet_ffcv.data.resolution import ResolutionSchedule, check_resolution
+from resnet_ffcv.dataset.format import CLASSES_FILE, load_classes, validate_ffcv
 from resnet_ffcv.errors import InputNotFound, InvalidValue
-from resnet_ffcv.ffcv_loading import EpochLoader, ResumableOrder, cores_per_rank
-from resnet_ffcv.resolution import ResolutionSchedule, check_resolution
 
 Order = Literal["random", "quasi_random", "sequential"]
 
@@ -54,7 +60,7 @@ class FFCVDataModule(L.LightningDataModule):
         seed: shuffling seed, identical on all ranks; epoch k's order depends only on (seed, k).
         num_classes: class count; by default the length of ``classes.json``.
         predict_path: what ``resnet-ffcv predict`` reads: a folder of images (searched recursively), one
-            image, or a ``.ffcv`` file; each is centre-cropped as at validation (``predict.py``).
+            image, or a ``.ffcv`` file; each is centre-cropped as at validation (``image_files.py``).
         resolution: the training resolution (and batch size) per epoch; the CLI builds it from the config's
             ``resolution:`` section. None, or a schedule with neither stages nor ramp: ``train_resolution``.
     """
@@ -97,8 +103,7 @@ class FFCVDataModule(L.LightningDataModule):
             raise InvalidValue(
                 f"data.batch_size={batch_size}, data.global_batch_size={global_batch_size}: expected >= 1"
             )
-        self.resolution = resolution if resolution is not None and resolution.active else None
-        self._stage_batch_size: int | None = None  # from a resolution stage; None: the configured one
+        self.resolution = resolution if resolution is not None else ResolutionSchedule()  # off: train_resolution
         self._train_loaders: dict[int, EpochLoader] = {}  # by batch size: a new size means a new (compiled) Loader
         self._val_loader: EpochLoader | None = None
         self._standalone_epoch = 0  # the epoch counter when no Trainer is attached
@@ -131,9 +136,6 @@ class FFCVDataModule(L.LightningDataModule):
     def global_rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
-    def _distributed(self) -> bool:
-        return self.world_size > 1
-
     def _device(self) -> torch.device:
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
@@ -149,6 +151,15 @@ class FFCVDataModule(L.LightningDataModule):
             )
         return global_batch // self.world_size
 
+    # -- the shapes it serves (the compile plan and `plan` ask these too) ------------------------------------
+    def train_shape(self, epoch: int) -> tuple[int, int]:
+        """(resolution, per-device batch size) of training epoch ``epoch``."""
+        return self.resolution.train_shape(epoch, self.train_resolution, self.configured_batch_size())
+
+    def val_shape(self) -> tuple[int, int]:
+        """(resolution, per-device batch size) of every evaluation batch but a shorter last one."""
+        return self.hparams.val_resolution, self.hparams.val_batch_size or self.configured_batch_size()
+
     # -- checks before training ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         """Fails fast, naming the file / key / value, before any pipeline is compiled or a GPU is touched."""
@@ -157,7 +168,9 @@ class FFCVDataModule(L.LightningDataModule):
             self.teardown(stage)
             self._train_loaders, self._val_loader, self._placement = {}, None, placement
         if stage == "predict":
-            self._check_predict_input()
+            self._predict_files = predict_image_files(self.predict_path)  # every image's header, checked
+            if self._predict_files is None:
+                self._samples(self.predict_path)
             return
         for path in [self.train_path, self.val_path] if stage == "fit" else [self.val_path]:
             self._samples(path)
@@ -192,7 +205,7 @@ class FFCVDataModule(L.LightningDataModule):
 
     def _check_schedule(self) -> None:
         """Stages that change the batch size need a loader per stage, and a full batch on every rank."""
-        sizes = self.resolution.stage_batch_sizes() if self.resolution is not None else {}
+        sizes = self.resolution.stage_batch_sizes()
         reload = self.trainer.reload_dataloaders_every_n_epochs if self.trainer is not None else 1
         if sizes and reload != 1:
             raise InvalidValue(
@@ -208,15 +221,14 @@ class FFCVDataModule(L.LightningDataModule):
         overrides it when a schedule is set)."""
         self.train_resolution = check_resolution(resolution, "train resolution")
 
-    def _apply_schedule(self, epoch: int) -> None:
-        """Sets epoch k's resolution and batch size. Called both when a train loader is built and when its
-        epoch starts: Lightning builds the loader (batch size) and creates its iterator before
+    def _apply_schedule(self, epoch: int) -> int:
+        """Sets epoch k's resolution and returns its batch size. Called both when a train loader is built and when
+        its epoch starts: Lightning builds the loader (batch size) and creates its iterator before
         ``on_train_epoch_start`` on the first epoch, after a resume and after a reload, so an epoch hook alone
         would give the first resumed epoch the previous stage's settings."""
-        if self.resolution is not None:
-            resolution, batch_size = self.resolution.at(epoch)
-            self.set_train_resolution(resolution)
-            self._stage_batch_size = batch_size
+        resolution, batch_size = self.train_shape(epoch)
+        self.set_train_resolution(resolution)
+        return batch_size
 
     def train_epoch(self) -> int:
         """The epoch whose order the next training iterator serves.
@@ -231,15 +243,8 @@ class FFCVDataModule(L.LightningDataModule):
 
     # -- resume state (Lightning stores it in every checkpoint) ----------------------------------------------
     def state_dict(self) -> dict[str, int]:
-        """The training epoch in progress and the batches already consumed in it (Lightning's own count).
-
-        How Lightning's fit loop (2.6) resumes mid-epoch, which this matches: it restores
-        ``batch_progress.current`` (m batches done), numbers the next batch ``batch_idx = m``, starts its
-        fetcher's count at m, and ends the epoch when ``ready == num_training_batches`` (or the iterator is
-        exhausted). So the loader's ``len()`` must stay the WHOLE epoch's batch count N while the iterator
-        yields the N - m remaining batches. A loader whose len() shrank to N - m would end the epoch after N -
-        2m batches when m < N/2 and would number batches past its own len() otherwise.
-        """
+        """The training epoch in progress and the batches already consumed in it (Lightning's own count), which
+        :meth:`~resnet_ffcv.data.loading.ResumableOrder.resume` skips in a resumed process."""
         loader = self._last_train
         if loader is None or loader.epoch is None:
             return {}
@@ -263,166 +268,94 @@ class FFCVDataModule(L.LightningDataModule):
         self._resume = {key: int(value) for key, value in state_dict.items()}
         self._standalone_epoch = self._resume["epoch"]
 
-    def _skip_for(self, epoch: int, batch_size: int) -> tuple[int, int] | None:
-        resume = self._resume
-        if resume is None or resume["epoch"] != epoch or resume["batches"] == 0:
-            return None
-        if resume["batch_size"] != batch_size or resume["world_size"] != self.world_size:
-            warnings.warn(
-                f"resuming epoch {epoch} after {resume['batches']} batches of {resume['batch_size']} on "
-                f"{resume['world_size']} ranks with batches of {batch_size} on {self.world_size} ranks: "
-                "the rest of the epoch is approximate (some samples repeat or are skipped)",
-                stacklevel=2,
-            )
-        return epoch, resume["batches"] * batch_size
-
     # -- loaders ---------------------------------------------------------------------------------------------
-    def _pipelines(self, image_decoder, augment: bool) -> dict[str, list]:
-        from ffcv.fields.decoders import IntDecoder
-        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
-
-        image = [image_decoder, *([RandomHorizontalFlip()] if augment else []), ToTensor()]
-        # Squeeze(1), not Squeeze(): a last batch of one sample must keep its batch dimension.
-        label = [IntDecoder(), ToTensor(), Squeeze(1)]
-        device = self._device()
-        if device.type == "cuda":
-            image.append(ToDevice(device, non_blocking=True))
-            label.append(ToDevice(device, non_blocking=True))
-        image.append(ToTorchImage())
-        return {IMAGE_FIELD: image, LABEL_FIELD: label}
-
-    def _ffcv_loader(self, path: Path, pipelines, batch_size: int, order, drop_last: bool, **kwargs):
-        from ffcv.loader import Loader
-
+    def _loader_args(self) -> dict[str, Any]:
+        """The FFCV ``Loader`` arguments every split shares."""
         devices = self.trainer.num_devices if self.trainer is not None else 1
-        return Loader(
-            str(path),
-            batch_size=batch_size,
-            num_workers=self.hparams.num_workers or cores_per_rank(devices),
-            order=order,
-            os_cache=self.hparams.os_cache,
-            drop_last=drop_last,
-            pipelines=pipelines,
-            seed=self.hparams.seed,
-            batches_ahead=self.hparams.batches_ahead,
-            **kwargs,
-        )
+        return {
+            "num_workers": self.hparams.num_workers or cores_per_rank(devices),
+            "os_cache": self.hparams.os_cache,
+            "seed": self.hparams.seed,
+            "batches_ahead": self.hparams.batches_ahead,
+        }
 
     def _build_train_loader(self, batch_size: int) -> EpochLoader:
-        from ffcv.fields.decoders import RandomResizedCropRGBImageDecoder
-        from ffcv.loader import OrderOption
-
-        order = OrderOption.RANDOM if self._distributed() else OrderOption[self.hparams.order.upper()]
-        decoder = RandomResizedCropRGBImageDecoder(
-            (self.train_resolution, self.train_resolution),
-            scale=tuple(self.hparams.scale),
-            ratio=tuple(self.hparams.ratio),
-        )
-        pipelines = self._pipelines(decoder, augment=True)
-        # distributed=True: FFCV's DistributedSampler gives each rank a disjoint shard of one permutation.
-        loader = self._ffcv_loader(
+        self._check_train_batch_size(batch_size, "train batch size")
+        return train_loader(
             self.train_path,
-            pipelines,
+            self.train_resolution,
             batch_size,
-            order,
-            self.hparams.drop_last,
-            distributed=self._distributed(),
+            self.hparams.scale,
+            self.hparams.ratio,
+            order="random" if self.world_size > 1 else self.hparams.order,
+            drop_last=self.hparams.drop_last,
+            distributed=self.world_size > 1,
+            device=self._device(),
+            before_epoch=self._start_train_epoch,
+            **self._loader_args(),
         )
-        loader.traversal_order = ResumableOrder(loader.traversal_order, batch_size, self.hparams.drop_last)
-        wrapped = EpochLoader(loader, before_epoch=self._start_train_epoch)
-        wrapped.decoder = decoder
-        return wrapped
 
     def _start_train_epoch(self, loader: EpochLoader) -> int:
         epoch = self.train_epoch()
-        self._apply_schedule(epoch)
-        expected = self._stage_batch_size or self.configured_batch_size()
+        expected = self._apply_schedule(epoch)
         if expected != loader.batch_size:
             raise RuntimeError(
                 f"epoch {epoch} wants a per-device batch size of {expected}, the train loader has "
                 f"{loader.batch_size}: set trainer.reload_dataloaders_every_n_epochs: 1 to rebuild it"
             )
         loader.decoder.output_size = (self.train_resolution, self.train_resolution)
-        loader.order.skip = self._skip_for(epoch, loader.batch_size)
+        loader.order.resume(self._resume, epoch, self.world_size)
         if self.trainer is None:
             self._standalone_epoch = epoch + 1
         self._last_train = loader
         return epoch
 
+    def _eval_loader(self, path: Path) -> EpochLoader:
+        """Each rank evaluates its own slice (rank, rank + world, ...) of ``path``, every sample exactly once.
+
+        Not FFCV's ``distributed=True``: its DistributedSampler pads the ranks' shares to equal length by
+        repeating samples, and the synced metrics would count those twice.
+        """
+        resolution, batch_size = self.val_shape()
+        shard = np.arange(self.global_rank, self._samples(path), self.world_size)
+        crop_ratio = self.hparams.val_crop_ratio
+        return eval_loader(path, resolution, crop_ratio, batch_size, shard, self._device(), **self._loader_args())
+
     def train_dataloader(self) -> EpochLoader:
-        self._apply_schedule(self.train_epoch())
-        batch_size = self._stage_batch_size or self.configured_batch_size()
+        batch_size = self._apply_schedule(self.train_epoch())
         if batch_size not in self._train_loaders:
-            self._check_train_batch_size(batch_size, "train batch size")
             self._train_loaders[batch_size] = self._build_train_loader(batch_size)
         for other in self._train_loaders.values():
             other.close()
         return self._train_loaders[batch_size]
 
     def val_dataloader(self) -> EpochLoader:
-        """Each rank evaluates its own slice (rank, rank + world, ...) of the file, every sample exactly once.
-
-        Not FFCV's ``distributed=True``: its DistributedSampler pads the ranks' shares to equal length by
-        repeating samples, and the synced metrics would count those twice.
-        """
-        if self._val_loader is None:
-            self._val_loader = self._eval_loader(self.val_path)
+        self._val_loader = self._val_loader or self._eval_loader(self.val_path)
         return self._val_loader
-
-    def _eval_loader(self, path: Path) -> EpochLoader:
-        """Centre crops at ``val_resolution``, in file order, this rank's slice of ``path``."""
-        from ffcv.fields.decoders import CenterCropRGBImageDecoder
-        from ffcv.loader import OrderOption
-
-        resolution = self.hparams.val_resolution
-        decoder = CenterCropRGBImageDecoder((resolution, resolution), ratio=self.hparams.val_crop_ratio)
-        samples = self._samples(path)
-        shard = np.arange(self.global_rank, samples, self.world_size)
-        batch_size = self.hparams.val_batch_size or self.configured_batch_size()
-        loader = self._ffcv_loader(
-            path,
-            self._pipelines(decoder, augment=False),
-            batch_size,
-            OrderOption.SEQUENTIAL,
-            drop_last=False,
-            indices=shard,
-        )
-        return EpochLoader(loader)
 
     def test_dataloader(self) -> EpochLoader:
         return self.val_dataloader()
 
-    # -- prediction (resnet-ffcv predict) --------------------------------------------------------------------
-    def _check_predict_input(self) -> None:
-        """Lists and checks ``predict_path`` before a model runs: every image's header, or the .ffcv file."""
-        from resnet_ffcv.predict import predict_image_files
-
-        self._predict_files = predict_image_files(self.predict_path)
-        if self._predict_files is None:
-            self._samples(self.predict_path)
-
     @property
     def predict_names(self) -> list[str] | None:
         """Names of the predicted samples by index: image paths relative to ``predict_path``; None for a .ffcv."""
-        if self._predict_files is None:
-            return None
-        root = self.predict_path if self.predict_path.is_dir() else self.predict_path.parent
-        return [path.relative_to(root).as_posix() for path in self._predict_files]
+        return None if self._predict_files is None else relative_names(self.predict_path, self._predict_files)
 
     def predict_dataloader(self):
         """``(uint8 images, sample index)`` batches of ``predict_path``, centre-cropped as at validation."""
-        from resnet_ffcv.predict import ImageFiles, IndexedBatches, image_files_loader, predict_workers
-
         if self._predict_files is None:
             loader = self._eval_loader(self.predict_path)
             self._predict_loader = IndexedBatches(loader, loader.loader.indices)
         else:
-            dataset = ImageFiles(self._predict_files, self.hparams.val_resolution, self.hparams.val_crop_ratio)
+            resolution, batch_size = self.val_shape()
+            workers = predict_workers(self.hparams.num_workers, cores_per_rank(1))
             self._predict_loader = image_files_loader(
-                dataset,
-                batch_size=self.hparams.val_batch_size or self.configured_batch_size(),
-                num_workers=predict_workers(self.hparams.num_workers, cores_per_rank(1)),
-                pin_memory=self._device().type == "cuda",
+                self._predict_files,
+                resolution,
+                self.hparams.val_crop_ratio,
+                batch_size,
+                workers,
+                self._device().type == "cuda",
             )
         return self._predict_loader
 

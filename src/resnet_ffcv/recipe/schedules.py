@@ -178,3 +178,65 @@ class Schedule:
         if not self.cycle_momentum:
             return None
         return onecycle_momentum(epoch, max_epochs, self.warmup_epochs, steps_per_epoch)
+
+
+# -- the LR of every batch, under a Trainer ----------------------------------------------------------------------
+def steps_per_epoch(trainer) -> int | None:
+    """Optimizer steps in this training epoch (None when the loader has no length)."""
+    batches = trainer.num_training_batches
+    if not 0 < batches < float("inf"):
+        return None
+    return math.ceil(batches / trainer.accumulate_grad_batches)
+
+
+def fractional_epoch(trainer, batch_idx: int) -> float:
+    """``current_epoch + batch_idx / batches``: where in the run this batch is, whatever the batch size."""
+    batches = trainer.num_training_batches
+    return trainer.current_epoch + (batch_idx / batches if 0 < batches < float("inf") else 0.0)
+
+
+class EpochLR:
+    """Sets the LR (and OneCycle's momentum) of every param group on every batch, from the fractional epoch.
+
+    No LRScheduler object: nothing step-counted can drift when batch sizes change between resolution stages or a
+    run resumes mid-epoch. The schedule ends at ``trainer.max_epochs`` (or ``max_steps`` in epochs).
+
+    Args:
+        schedule: the LR shape.
+        lr: peak LR for the actual global batch, unless ``reference_batch`` is set.
+        reference_batch: opt-in linear scaling: ``lr`` is then the LR for this global batch.
+    """
+
+    def __init__(self, schedule: Schedule, lr: float, reference_batch: int | None = None):
+        if reference_batch is not None and reference_batch <= 0:
+            raise InvalidValue(f"model.lr_reference_batch={reference_batch}: expected a positive batch size or null")
+        self.schedule, self.lr, self.reference_batch = schedule, lr, reference_batch
+
+    def peak_lr(self, global_batch: int) -> float:
+        return self.lr if self.reference_batch is None else self.lr * global_batch / self.reference_batch
+
+    def schedule_epochs(self, trainer) -> float:
+        """Where the schedule ends: ``max_epochs``, or ``max_steps`` in epochs when only that is set."""
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            return float(trainer.max_epochs)
+        if trainer.max_steps > 0 and 0 < trainer.num_training_batches < float("inf"):
+            return trainer.max_steps / trainer.num_training_batches
+        if self.schedule.name == "constant":
+            return 1.0
+        raise InvalidValue(f"model.scheduler={self.schedule.name}: needs trainer.max_epochs (or max_steps) to end")
+
+    def lr_at(self, trainer, epoch: float, global_batch: int) -> float:
+        return self.peak_lr(global_batch) * self.schedule(
+            epoch, self.schedule_epochs(trainer), steps_per_epoch(trainer)
+        )
+
+    def apply(self, trainer, optimizer, batch_idx: int, global_batch: int) -> float:
+        """Sets this batch's LR (and momentum, with ``cycle_momentum``) on ``optimizer``; returns the LR."""
+        epoch = fractional_epoch(trainer, batch_idx)
+        lr = self.lr_at(trainer, epoch, global_batch)
+        momentum = self.schedule.momentum(epoch, self.schedule_epochs(trainer), steps_per_epoch(trainer))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+            if momentum is not None:
+                group["momentum"] = momentum
+        return lr

@@ -30,7 +30,7 @@ MANIFEST_FILE = "manifest.json"
 
 
 class NamedClass(Protocol):
-    """One class of the index (``resnet_ffcv.sources.ClassInfo`` is one): its WordNet id and readable name."""
+    """One class of the index (``resnet_ffcv.dataset.sources.ClassInfo`` is one): its WordNet id and readable name."""
 
     wnid: str | None
     name: str

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_ffcv.dataset_format import CLASSES_FILE, IMAGE_FIELD, LABEL_FIELD, field_metadata, load_classes, open_ffcv
+from resnet_ffcv.dataset.format import CLASSES_FILE, IMAGE_FIELD, LABEL_FIELD, field_metadata, load_classes, open_ffcv
 
 
 class StoredImages:

@@ -7,7 +7,7 @@ ranks and after any resume.
 
 A :class:`ResolutionSchedule` is a plain value: the config's ``resolution:`` section builds one, the CLI hands
 it to the datamodule (``data.resolution``), which applies it itself when it builds a train loader and when it
-starts an epoch; ``resnet-ffcv plan`` reads the same object.
+starts an epoch; ``resnet-ffcv plan`` reads the same object (:meth:`ResolutionSchedule.train_shape`).
 """
 
 from __future__ import annotations
@@ -125,6 +125,16 @@ class ResolutionSchedule:
             for index, stage in enumerate(self.stages)
             if stage.batch_size is not None
         }
+
+    def train_shape(self, epoch: int, resolution: int, batch_size: int) -> tuple[int, int]:
+        """(resolution, per-device batch size) of training epoch ``epoch``: the schedule's, with ``resolution``
+        (``data.train_resolution``) where the schedule is off and ``batch_size`` (``data.batch_size``) where a
+        stage keeps it. The one place that says it: the datamodule, the compile plan, ``plan`` and the progress
+        ETA all ask here."""
+        if not self.active:
+            return resolution, batch_size
+        scheduled, stage_batch = self.at(epoch)
+        return scheduled, stage_batch or batch_size
 
     def at(self, epoch: int) -> tuple[int, int | None]:
         """(resolution, per-device batch size or None for the configured one) for ``epoch``."""

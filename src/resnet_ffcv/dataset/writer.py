@@ -31,7 +31,8 @@ from typing import Literal
 import numpy as np
 
 from resnet_ffcv import atomic
-from resnet_ffcv.dataset_format import (
+from resnet_ffcv.dataset.ffcv_io import WriteAborted
+from resnet_ffcv.dataset.format import (
     CLASSES_FILE,
     IMAGE_FIELD,
     LABEL_FIELD,
@@ -40,9 +41,7 @@ from resnet_ffcv.dataset_format import (
     classes_sha256,
     save_classes,
 )
-from resnet_ffcv.errors import InputNotFound, InvalidValue, NotEnoughSpace, OutputExists, UserError
-from resnet_ffcv.ffcv_io import WriteAborted
-from resnet_ffcv.sources import (
+from resnet_ffcv.dataset.sources import (
     ClassInfo,
     Problem,
     list_huggingface,
@@ -50,6 +49,7 @@ from resnet_ffcv.sources import (
     looks_like_huggingface,
     read_class_names,
 )
+from resnet_ffcv.errors import InputNotFound, InvalidValue, NotEnoughSpace, OutputExists, UserError
 
 REPORT_FILE = "write_report.json"
 LOCK_FILE = ".write-dataset.lock"
@@ -468,7 +468,7 @@ def _resolve_preset(preset, write_mode, max_resolution, compress_probability, jp
 
 
 def _write_split(source, output: Path, params: Preset, num_workers, chunk_size, on_unreadable, split):
-    from resnet_ffcv.ffcv_io import write_ffcv  # noqa: I001
+    from resnet_ffcv.dataset.ffcv_io import write_ffcv  # noqa: I001
 
     partial = output.with_name(f".{output.name}{PARTIAL_SUFFIX}")
     start = time.perf_counter()
@@ -537,11 +537,11 @@ class _exclusive:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m resnet_ffcv.writer``: the same command as ``resnet-ffcv write-dataset``, without importing
+    """``python -m resnet_ffcv.dataset.writer``: the same command as ``resnet-ffcv write-dataset``, without importing
     Lightning (seconds saved on a CPU box that only writes data)."""
     from jsonargparse import auto_cli
 
-    auto_cli(write_dataset, args=argv, as_positional=False, prog="python -m resnet_ffcv.writer")
+    auto_cli(write_dataset, args=argv, as_positional=False, prog="python -m resnet_ffcv.dataset.writer")
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from resnet_ffcv.dataset.sources import UnreadableImage
 from resnet_ffcv.errors import UserError
-from resnet_ffcv.sources import UnreadableImage
 
 
 @dataclass

@@ -28,25 +28,16 @@ import shutil
 from pathlib import Path
 
 from resnet_ffcv import atomic
-from resnet_ffcv.resume import periodic_epochs
+from resnet_ffcv.run.resume import file_sha256, periodic_epochs
 
 MARKER_SUFFIX = ".sha256"
 CACHE_ENV = "RESNET_FFCV_CHECKPOINT_CACHE"
-_CHUNK = 16 << 20
 
 
 def is_url(path: str | os.PathLike) -> bool:
     """A remote fsspec URL (``s3://``, ``gs://`` ...); ``file://`` and plain paths are local."""
     text = str(path)
     return "://" in text and not text.startswith("file://")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def default_cache_dir(url: str) -> Path:
@@ -90,7 +81,7 @@ class RemoteCheckpointDir:
     def upload(self, local: Path, name: str | None = None) -> None:
         """``local`` to ``NAME`` (one PUT), then its marker: the marker is the last thing written."""
         name = name or local.name
-        marker = {"bytes": local.stat().st_size, "sha256": sha256_of(local)}
+        marker = {"bytes": local.stat().st_size, "sha256": file_sha256(local)}
         self.fs.put_file(str(local), self._remote(name))
         self.fs.pipe_file(self._remote(name + MARKER_SUFFIX), json.dumps(marker).encode())
 
@@ -144,7 +135,7 @@ class RemoteCheckpointDir:
         target = self.local / name
         with atomic.replacing(target) as temp:
             self.fs.get_file(self._remote(name), str(temp))
-            actual = sha256_of(temp)
+            actual = file_sha256(temp)
             if actual != marker["sha256"]:
                 raise ValueError(f"{self.url}/{name}: SHA-256 {actual[:12]}... differs from its marker")
         return target

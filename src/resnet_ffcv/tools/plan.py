@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from resnet_ffcv import disk_speed
 from resnet_ffcv.lightning_cli import parse_config_only, parse_tool_args
+from resnet_ffcv.tools import disk_speed
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 # A CPU measures the step to check the config and the recipe's overheads, not GPU speed: a ResNet-50 step at
@@ -74,12 +74,11 @@ class Plan:
         return self.total_seconds / 3600 * self.price_per_hour
 
 
-def group_stages(max_epochs: int, at: Callable[[int], tuple[int, int | None]], default_batch: int) -> list[Stage]:
-    """Epochs 0..max_epochs-1 grouped into runs of the same (resolution, batch size)."""
+def group_stages(max_epochs: int, train_shape: Callable[[int], tuple[int, int]]) -> list[Stage]:
+    """Epochs 0..max_epochs-1 grouped into runs of the same (resolution, per-device batch size)."""
     stages: list[Stage] = []
     for epoch in range(max_epochs):
-        resolution, batch = at(epoch)
-        batch = batch or default_batch
+        resolution, batch = train_shape(epoch)
         if stages and (stages[-1].resolution, stages[-1].batch_size) == (resolution, batch):
             stages[-1].epochs += 1
         else:
@@ -144,9 +143,9 @@ def _measure_step(
 ) -> tuple[float, float | None]:
     """Images/s per device at steady state, and the compile seconds of this stage's training graph (the first step
     minus a steady one; None where compile is off, as on the CPU)."""
-    from resnet_ffcv.dataset_format import CLASSES_FILE, load_classes
-    from resnet_ffcv.model import ImageClassifier
-    from resnet_ffcv.throughput import run_lightning_steps, synthetic_batch
+    from resnet_ffcv.dataset.format import CLASSES_FILE, load_classes
+    from resnet_ffcv.recipe.module import ImageClassifier
+    from resnet_ffcv.tools.throughput import run_lightning_steps, synthetic_batch
 
     model_args = {key: value for key, value in vars(config.model).items() if not key.startswith("_")}
     classes = Path(config.data.data_dir) / CLASSES_FILE
@@ -164,7 +163,8 @@ def _measure_step(
 
 def _measure_loader(config, resolution: int, batch: int, batches: int, devices_per_node: int) -> float | None:
     """One rank's share of the node's cores decoding ``train.ffcv`` at ``resolution``; None without data."""
-    from resnet_ffcv.data import FFCVDataModule, cores_per_rank
+    from resnet_ffcv.data.datamodule import FFCVDataModule
+    from resnet_ffcv.data.loading import cores_per_rank
 
     data_args = {key: value for key, value in vars(config.data).items() if not key.startswith("_")}
     if not (Path(data_args["data_dir"]) / data_args.get("train_file", "train.ffcv")).is_file():
@@ -186,13 +186,13 @@ def _measure_loader(config, resolution: int, batch: int, batches: int, devices_p
     return seen / elapsed if seen else None
 
 
-def _schedule_of(config) -> Callable[[int], tuple[int, int | None]]:
-    """The ``resolution:`` schedule of the config, or the fixed ``data.train_resolution`` when it is off."""
-    from resnet_ffcv.resolution import ResolutionSchedule
+def _train_shape_of(config) -> Callable[[int], tuple[int, int]]:
+    """Epoch -> (resolution, per-device batch) of the config, as the datamodule will serve them."""
+    from resnet_ffcv.data.resolution import ResolutionSchedule
 
     settings = {key: value for key, value in vars(config.resolution).items() if not key.startswith("_")}
-    schedule = ResolutionSchedule(**settings)
-    return schedule.at if schedule.active else lambda epoch: (config.data.train_resolution, None)
+    schedule, data = ResolutionSchedule(**settings), config.data
+    return lambda epoch: schedule.train_shape(epoch, data.train_resolution, data.batch_size)
 
 
 def _price_of(config, override: float | None) -> float:
@@ -262,8 +262,8 @@ IMAGENET_VAL_IMAGES = 50_000
 def validation_estimate(config, stages: list[StageProjection], devices: int, val_images: int) -> tuple[float, str]:
     """Seconds of all the run's validations, and a note: which epochs validate (check_val_every_n_epoch and
     model.val_last_epochs), passes per image (raw/EMA weights x flip TTA), at the last stage's measured rate."""
-    from resnet_ffcv.callbacks.validation_schedule import validates
-    from resnet_ffcv.model import eval_suffixes
+    from resnet_ffcv.recipe.evaluation import eval_suffixes
+    from resnet_ffcv.recipe.validation_schedule import validates
 
     model, trainer, last = config.model, config.trainer, stages[-1]
     max_epochs = int(trainer.max_epochs)
@@ -287,7 +287,7 @@ def _compile_notes(config, stages: list[Stage], compiles: list[float]) -> list[s
     """The planned graph count, and the measured compile time per training graph where compile ran."""
     if not config.model.compile:
         return []
-    from resnet_ffcv.compile_plan import describe_plan, plan_from_config
+    from resnet_ffcv.recipe.compile_plan import describe_plan, plan_from_config
 
     graphs = plan_from_config(config, stages)
     notes = [f"{describe_plan(graphs)}; each compiles once, at its first step"]
@@ -323,7 +323,7 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
         notes.append(f"measured at batch {CPU_BATCH} per device on the CPU (--batch to change), not the stages' batch")
     elif own.batch is not None:
         notes.append(f"measured at batch {own.batch} per device instead of each stage's batch")
-    stages = group_stages(int(config.trainer.max_epochs), _schedule_of(config), config.data.batch_size)
+    stages = group_stages(int(config.trainer.max_epochs), _train_shape_of(config))
     train_path = Path(config.data.data_dir) / config.data.train_file
     train_images = _train_images(own.train_images, train_path, notes)
 

@@ -23,9 +23,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from resnet_ffcv.data.resolution import check_resolution
 from resnet_ffcv.errors import InputNotFound, InvalidValue
-from resnet_ffcv.resolution import check_resolution
-from resnet_ffcv.resume import BEST_NAME, LATEST_NAME
+from resnet_ffcv.run.resume import BEST_NAME, LATEST_NAME
 
 Tta = Literal["off", "on", "both"]
 Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
@@ -182,8 +182,8 @@ def evaluate(
         precision: ``bf16-mixed`` (the default on a GPU, as the recipes validate), ``16-mixed`` or ``32-true``
             (the default on the CPU).
     """
-    from resnet_ffcv.data import FFCVDataModule
-    from resnet_ffcv.model import ImageClassifier
+    from resnet_ffcv.data.datamodule import FFCVDataModule
+    from resnet_ffcv.recipe.module import ImageClassifier
 
     _check_options(resolutions, crop_ratios, batch_size, num_workers)
     path = Path(ckpt_path)

@@ -19,7 +19,7 @@ import torch
 
 from resnet_ffcv import atomic
 from resnet_ffcv.errors import InvalidValue
-from resnet_ffcv.networks import BLUR_SUFFIX, build_network, drop_blurpool, network_state_dict  # noqa: F401
+from resnet_ffcv.recipe.networks import BLUR_SUFFIX, build_network, drop_blurpool, network_state_dict  # noqa: F401
 
 
 def _atomic_save(save, output: Path) -> None:

@@ -90,24 +90,17 @@ def describe_plan(graphs: list[Graph]) -> str:
     )
 
 
-def plan_for_trainer(trainer, use_ema: bool) -> list[Graph] | None:
-    """The planned graphs of ``trainer.fit`` from its FFCV datamodule and resolution schedule; None when the
-    loaders are not ours (plain DataLoaders: batch and resolution are unknown until they arrive)."""
-    datamodule = trainer.datamodule
-    if datamodule is None or not hasattr(datamodule, "configured_batch_size"):
-        return None
-    schedule = getattr(datamodule, "resolution", None)  # a ResolutionSchedule, or None when it is off
-    at: Callable[[int], tuple[int, int | None]] = (
-        schedule.at if schedule is not None else lambda epoch: (datamodule.train_resolution, None)
-    )
-    default_batch = datamodule.configured_batch_size()
-    # Lightning's default max_epochs is 1000 when neither limit is set; -1 (endless) plans that many too.
-    epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1000
-    train = {(resolution, batch or default_batch) for resolution, batch in map(at, range(epochs))}
-    validates = trainer.limit_val_batches != 0
-    hparams = datamodule.hparams
-    val = (hparams.val_resolution, hparams.val_batch_size or default_batch) if validates else None
-    return planned_graphs(train, val, use_ema)
+def plan_for_fit(
+    train_shape: Callable[[int], tuple[int, int]],
+    max_epochs: int | None,
+    val_shape: tuple[int, int] | None,
+    use_ema: bool,
+) -> list[Graph]:
+    """The planned graphs of a fit of ``max_epochs`` whose epoch k trains at ``train_shape(k)`` (the datamodule's
+    (resolution, per-device batch)); ``val_shape`` None: it never validates. Lightning's default max_epochs is
+    1000 when neither limit is set; -1 (endless) plans that many too."""
+    epochs = max_epochs if max_epochs and max_epochs > 0 else 1000
+    return planned_graphs({train_shape(epoch) for epoch in range(epochs)}, val_shape, use_ema)
 
 
 def plan_from_config(config, stages: Iterable) -> list[Graph]:

@@ -1,16 +1,9 @@
-"""``resnet-ffcv predict``: a folder of images (or a ``.ffcv`` file) and a checkpoint -> top-k classes per image.
+"""The image-folder input of ``resnet-ffcv predict``: image files -> the uint8 crops FFCV's validation pipeline
+would hand over for the same images, batched as FFCV batches them.
 
-    resnet-ffcv predict --config configs/p4d_78pct.yaml --config configs/predict.yaml \\
-        --ckpt_path /data/checkpoints/best_model.ckpt --data.predict_path my_images/     # or some.ffcv
-
-LightningCLI's own ``predict`` subcommand runs it; ``configs/predict.yaml`` is the overlay that turns a training
-config into a prediction run (one device, no logger, :class:`PredictionWriter` as the only callback). The
-pieces here:
-
-- :class:`ImageFiles`: image files -> exactly the uint8 crops FFCV's validation pipeline would hand over for
-  the same images (decoded as the dataset writer decodes them, then FFCV's own centre crop and resize).
+- :func:`predict_image_files`: the images ``data.predict_path`` names, every header checked before a model runs.
+- :class:`ImageFiles`: decoded as the dataset writer decodes them, then FFCV's own centre crop and resize.
 - :class:`IndexedBatches`: an FFCV loader's batches with each sample's index in place of its label.
-- :class:`PredictionWriter`: gathers ``predict_step``'s top-k into a CSV (written atomically) and a table.
 
 Predict batches are ``(uint8 images NCHW channels_last, int64 sample index)``; the datamodule names the index
 (``predict_names``: the image paths) and the classes (``class_names``).
@@ -18,24 +11,17 @@ Predict batches are ``(uint8 images NCHW channels_last, int64 sample index)``; t
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from resnet_ffcv import atomic
+from resnet_ffcv.dataset.sources import IMAGE_SUFFIXES, decode_rgb, is_image_file
 from resnet_ffcv.errors import InvalidValue
-from resnet_ffcv.sources import IMAGE_SUFFIXES, decode_rgb, is_image_file
 
 # Every name the dataset writer takes for an image (Pillow's decodable formats: .gif, .tif, .bmp, .ppm, ...),
 # the common ones first so that a message listing them starts with what people have.
@@ -123,7 +109,7 @@ def center_crop(image: np.ndarray, resolution: int, crop_ratio: float) -> np.nda
 class ImageFiles(Dataset):
     """``(uint8 HWC crop, index)`` for each image file, decoded by content whatever its name says.
 
-    Decoding is the dataset writer's (:func:`resnet_ffcv.sources.decode_rgb`: PIL, grayscale and palette
+    Decoding is the dataset writer's (:func:`resnet_ffcv.dataset.sources.decode_rgb`: PIL, grayscale and palette
     images to RGB, transparency laid on white), so predictions see what training saw.
 
     Args:
@@ -152,15 +138,24 @@ def collate_channels_last(samples: list[tuple[torch.Tensor, int]]) -> tuple[torc
     return torch.stack(images).permute(0, 3, 1, 2), torch.tensor(indices, dtype=torch.long)
 
 
-def image_files_loader(dataset: ImageFiles, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
+def image_files_loader(
+    files: list[Path], resolution: int, crop_ratio: float, batch_size: int, num_workers: int, pin_memory: bool
+) -> DataLoader:
+    """Batches of :class:`ImageFiles` in input order, as FFCV's validation loader would hand them over."""
     return DataLoader(
-        dataset,
+        ImageFiles(files, resolution, crop_ratio),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
         collate_fn=collate_channels_last,
         pin_memory=pin_memory,
     )
+
+
+def relative_names(path: Path, files: list[Path]) -> list[str]:
+    """Each file's name relative to ``data.predict_path`` (a folder, or one image): the CSV's ``path`` column."""
+    root = path if path.is_dir() else path.parent
+    return [file.relative_to(root).as_posix() for file in files]
 
 
 class IndexedBatches:
@@ -170,7 +165,7 @@ class IndexedBatches:
     ``indices[b * batch_size : (b + 1) * batch_size]``.
 
     Args:
-        loader: the FFCV loader (or :class:`~resnet_ffcv.ffcv_loading.EpochLoader`), sequential, no ``drop_last``.
+        loader: the FFCV loader (or :class:`~resnet_ffcv.data.loading.EpochLoader`), sequential, no ``drop_last``.
         indices: the sample indices it reads, in its order.
     """
 
@@ -191,104 +186,6 @@ class IndexedBatches:
     def close(self) -> None:
         if hasattr(self.loader, "close"):
             self.loader.close()
-
-
-class PredictionWriter(BasePredictionWriter):
-    """Writes ``predict_step``'s top-k as a CSV and prints the first rows as a table.
-
-    CSV columns: ``path`` (relative to ``data.predict_path``; ``index`` for a ``.ffcv`` file), then
-    ``class_1, prob_1, ... class_k, prob_k``, most likely first, one row per image in input order. The file
-    is written to a temporary name and renamed, so an interrupted run never leaves half a CSV under ``output``.
-
-    Everything is gathered in one process: run predict with ``trainer.devices: 1`` (a multi-process run is
-    refused at setup, before any image is decoded; gathering across DDP ranks is not implemented).
-    Lightning's own ``BasePredictionWriter`` gives the hooks; gathering and formatting are ours because
-    Lightning ships no concrete writer.
-
-    Args:
-        output: CSV path (folders are created).
-        print_rows: table rows printed to the console (0: none).
-    """
-
-    def __init__(self, output: str = "predictions/predictions.csv", print_rows: int = 20):
-        super().__init__(write_interval="batch")
-        if print_rows < 0:
-            raise InvalidValue(f"PredictionWriter.print_rows={print_rows}: expected >= 0")
-        self.output = Path(output)
-        self.print_rows = print_rows
-        self._indices: list[torch.Tensor] = []
-        self._classes: list[torch.Tensor] = []
-        self._probabilities: list[torch.Tensor] = []
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "predict" and trainer.world_size > 1:
-            raise InvalidValue(
-                f"PredictionWriter gathers predictions in one process, this run has {trainer.world_size}: "
-                "set trainer.devices: 1 and trainer.num_nodes: 1 (configs/predict.yaml does)"
-            )
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._indices, self._classes, self._probabilities = [], [], []
-
-    def write_on_batch_end(
-        self, trainer, pl_module, prediction: dict[str, torch.Tensor], batch_indices, batch, batch_idx, dataloader_idx
-    ) -> None:
-        self._indices.append(batch[1].detach().cpu())
-        self._classes.append(prediction["classes"].detach().cpu())
-        self._probabilities.append(prediction["probabilities"].detach().float().cpu())
-
-    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._indices:
-            rank_zero_info("PredictionWriter: nothing was predicted")
-            return
-        indices = torch.cat(self._indices)
-        order = indices.argsort()
-        indices = indices[order].tolist()
-        classes = torch.cat(self._classes)[order].tolist()
-        probabilities = torch.cat(self._probabilities)[order].tolist()
-
-        datamodule = trainer.datamodule
-        item_names = getattr(datamodule, "predict_names", None)
-        class_names = getattr(datamodule, "class_names", None)
-        if class_names is None:
-            warnings.warn(
-                "no classes.json in data.data_dir: the CSV and the table name classes by their index",
-                stacklevel=1,
-            )
-        key = "index" if item_names is None else "path"
-        rows = [
-            [str(index) if item_names is None else item_names[index]]
-            + [
-                value
-                for label, probability in zip(row_classes, row_probabilities, strict=True)
-                for value in (str(label) if class_names is None else class_names[label], f"{probability:.6g}")
-            ]
-            for index, row_classes, row_probabilities in zip(indices, classes, probabilities, strict=True)
-        ]
-        top_k = len(classes[0])
-        header = [key] + [name for rank in range(1, top_k + 1) for name in (f"class_{rank}", f"prob_{rank}")]
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-        atomic.write_bytes(self.output, text.getvalue().encode())
-        if self.print_rows:
-            print(format_table(header, rows[: self.print_rows]), flush=True)
-        shown = f", the first {min(self.print_rows, len(rows))} above" if self.print_rows else ""
-        print(f"{len(rows)} predictions (top {top_k}) written to {os.fspath(self.output)}{shown}", flush=True)
-
-
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    """``path | 1st class (prob) | 2nd ...``: one column per rank, the class and its probability together."""
-    cells = [[header[0]] + [f"top-{rank}" for rank in range(1, (len(header) - 1) // 2 + 1)]]
-    for row in rows:
-        pairs = zip(row[1::2], row[2::2], strict=True)
-        cells.append([row[0]] + [f"{name} {float(probability):.3f}" for name, probability in pairs])
-    widths = [max(len(line[column]) for line in cells) for column in range(len(cells[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in cells
-    )
 
 
 def predict_workers(configured: int | None, available: int) -> int:

@@ -1,124 +1,53 @@
-"""The LightningModule: the training recipe around a torchvision classifier.
+"""The LightningModule: the training recipe around a torchvision classifier, read top to bottom.
 
-Network (``networks.py``: BlurPool, zero-init, channels_last, torch.compile), MixUp/CutMix (``mixing.py``),
-label-smoothed cross-entropy, SGD with BatchNorm and biases exempt from weight decay, an LR set on every batch
-from a function of the fractional epoch (``schedules.py``), an EMA copy of the weights (``ema.py``), and
-top-1/top-5 validation of both the raw and the EMA weights. Mixed precision is the Trainer's ``precision``
-(``bf16-mixed`` on A100/H100); gradient clipping is the Trainer's ``gradient_clip_val``.
+Construction is named steps (``configure_network / configure_training / configure_evaluation``); each part of the
+recipe is a module of its own: the network (``networks.py``: BlurPool, zero-init, channels_last), MixUp/CutMix
+(``mixing.py``), SGD with BatchNorm and biases exempt from weight decay and the gradient statistics (``optim.py``),
+an LR set on every batch from a function of the fractional epoch (``schedules.py``), an EMA copy of the weights
+(``ema.py``), the metrics of the raw and the EMA weights (``evaluation.py``), the frozen backbone of a fine-tune
+(``finetune.py``) and torch.compile's planned graphs (``compile_plan.py``). Mixed precision is the Trainer's
+``precision`` (``bf16-mixed`` on A100/H100); gradient clipping is the Trainer's ``gradient_clip_val``.
 """
 
 from __future__ import annotations
-
-import math
-from typing import Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
-from torch.utils.data import DistributedSampler
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
-from resnet_ffcv.callbacks.validation_schedule import ValidationSchedule
-from resnet_ffcv.compile_plan import CompiledNetworks, CompileMode, plan_for_trainer
-from resnet_ffcv.ema import EMA, decay_for_half_life
 from resnet_ffcv.errors import InvalidValue
-from resnet_ffcv.mixing import MixPolicy
-from resnet_ffcv.networks import build_network, classifier_head, load_init_weights
-from resnet_ffcv.schedules import Schedule, ScheduleName
-
-# The EMA horizon when neither model.ema_half_life_epochs nor model.ema_decay is set (docs/recipe.md: why 2).
-DEFAULT_EMA_HALF_LIFE_EPOCHS = 2.0
-
-ValWeights = Literal["both", "ema", "raw"]
+from resnet_ffcv.recipe.compile_plan import CompiledNetworks, CompileMode, plan_for_fit
+from resnet_ffcv.recipe.ema import DEFAULT_HALF_LIFE_EPOCHS, EMA, adapt_ema_state, check_ema_settings
+from resnet_ffcv.recipe.evaluation import (
+    NAMES,
+    RealSamples,
+    ValWeights,
+    best_accuracies,
+    eval_metrics,
+    evaluated_networks,
+)
+from resnet_ffcv.recipe.finetune import BackboneFreeze
+from resnet_ffcv.recipe.mixing import MixPolicy
+from resnet_ffcv.recipe.networks import build_network, load_init_weights
+from resnet_ffcv.recipe.optim import GradientStats, build_sgd
+from resnet_ffcv.recipe.schedules import EpochLR, Schedule, ScheduleName, steps_per_epoch
+from resnet_ffcv.recipe.validation_schedule import ValidationSchedule
 
 # ImageNet statistics on the 0-255 scale: FFCV hands over uint8 images.
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
-def split_weight_decay(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(decayed, exempt) trainable parameters: every BatchNorm parameter and every bias is exempt.
-
-    Chosen by module type and parameter role, not by name: FFCV's ``'bn' in name`` filter misses the
-    BatchNorm of each downsample branch (``layer2.0.downsample.1``), which weight decay then shrinks.
-    """
-    exempt: dict[int, nn.Parameter] = {}
-    for submodule in module.modules():
-        if isinstance(submodule, nn.modules.batchnorm._BatchNorm):
-            exempt.update((id(p), p) for p in submodule.parameters(recurse=False))
-        bias = submodule._parameters.get("bias")
-        if bias is not None:
-            exempt[id(bias)] = bias
-    trainable = [p for p in module.parameters() if p.requires_grad]
-    return [p for p in trainable if id(p) not in exempt], [p for p in trainable if id(p) in exempt]
-
-
-def real_samples_on_rank(total: int, world_size: int, rank: int) -> int:
-    """How many of this rank's evaluation samples are real, not padding.
-
-    ``DistributedSampler(shuffle=False, drop_last=False)`` (FFCV's distributed sequential order, and what
-    Lightning injects into a plain DataLoader) gives rank ``r`` the indices ``r, r + W, ...`` of the dataset
-    and then repeats samples so every rank gets ``ceil(total / W)``; the repeats come last.
-    """
-    return len(range(rank, total, world_size))
-
-
-def _check_arguments(
-    lr_reference_batch: int | None, predict_top_k: int, label_smoothing: float, val_last_epochs: int
-) -> None:
-    """The ``model.*`` values no other part checks (schedule, mixing, EMA and network check their own)."""
+def _check_arguments(predict_top_k: int, label_smoothing: float, val_last_epochs: int) -> None:
+    """The ``model.*`` values no other part checks (schedule, mixing, EMA, fine-tune and network check their own)."""
     if val_last_epochs < 0:
         raise InvalidValue(f"model.val_last_epochs={val_last_epochs}: expected >= 0 (0: every_n_epochs alone)")
-    if lr_reference_batch is not None and lr_reference_batch <= 0:
-        raise InvalidValue(f"model.lr_reference_batch={lr_reference_batch}: expected a positive batch size or null")
     if predict_top_k < 1:
         raise InvalidValue(f"model.predict_top_k={predict_top_k}: expected at least 1")
     if not 0.0 <= label_smoothing < 1.0:
         raise InvalidValue(f"model.label_smoothing={label_smoothing}: expected a value in [0, 1)")
-
-
-def _check_ema(
-    use_ema: bool, ema_decay: float | None, ema_half_life_epochs: float | None, val_weights: ValWeights
-) -> None:
-    if ema_decay is not None and ema_half_life_epochs is not None:
-        raise InvalidValue(
-            f"model.ema_decay={ema_decay} and model.ema_half_life_epochs={ema_half_life_epochs}: set one of them "
-            "(the horizon in epochs, or the decay per optimizer step) and the other to null"
-        )
-    if ema_half_life_epochs is not None and ema_half_life_epochs <= 0:
-        raise InvalidValue(f"model.ema_half_life_epochs={ema_half_life_epochs}: expected > 0 (epochs)")
-    if val_weights == "ema" and not use_ema:
-        raise InvalidValue("model.val_weights='ema' with model.use_ema=false: there are no EMA weights to validate")
-
-
-def eval_suffixes(with_ema: bool, val_weights: ValWeights = "both") -> list[str]:
-    """Metric name suffixes of the weights validated: ``""`` for the raw weights, ``"_ema"`` for the EMA."""
-    if not with_ema:
-        return [""]
-    return {"both": ["", "_ema"], "ema": ["_ema"], "raw": [""]}[val_weights]
-
-
-def eval_metrics(num_classes: int, with_ema: bool, val_weights: ValWeights = "both") -> nn.ModuleDict:
-    """``acc1``, ``acc5`` and ``loss`` for the raw weights, and the same with ``_ema`` for the EMA weights.
-
-    Top-5 becomes top-``num_classes`` below 5 classes (torchmetrics refuses ``top_k > num_classes``).
-    """
-    top_k = min(5, num_classes)
-    suffixes = eval_suffixes(with_ema, val_weights)
-    return nn.ModuleDict(
-        {
-            f"{name}{suffix}": metric
-            for suffix in suffixes
-            for name, metric in (
-                ("acc1", MulticlassAccuracy(num_classes, top_k=1, average="micro")),
-                ("acc5", MulticlassAccuracy(num_classes, top_k=top_k, average="micro")),
-                ("loss", MeanMetric()),
-            )
-        }
-    )
 
 
 class ImageClassifier(L.LightningModule):
@@ -180,7 +109,7 @@ class ImageClassifier(L.LightningModule):
         val_weights: which weights validation evaluates: ``both`` (``val/acc1`` and ``val/acc1_ema``), ``ema``
             or ``raw`` (each validation costs one pass per network, two with ``val_flip_tta``).
         val_last_epochs: the last epochs that always validate, whatever ``trainer.check_val_every_n_epoch`` says
-            (``callbacks/validation_schedule.py``); every validation logs ``val/seconds``.
+            (``validation_schedule.py``); every validation logs ``val/seconds``.
         predict_with_ema: ``resnet-ffcv predict`` uses the EMA weights when the module keeps them (``use_ema``),
             else the raw ones; the EMA weights usually score higher (compare ``val/acc1_ema``).
         predict_top_k: classes (with probabilities) returned per image by ``predict_step``.
@@ -241,50 +170,67 @@ class ImageClassifier(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()  # every argument above, unchanged: checkpoints rebuild the module from them
-        _check_arguments(lr_reference_batch, predict_top_k, label_smoothing, val_last_epochs)
-        _check_ema(use_ema, ema_decay, ema_half_life_epochs, val_weights)
-        self.schedule = Schedule(
-            name=scheduler,
-            warmup_epochs=warmup_epochs,
-            peak_epoch=lr_peak_epoch,
-            min_ratio=min_lr_ratio,
-            milestones=tuple(step_milestones),
-            gamma=step_gamma,
-            cycle_momentum=cycle_momentum,
-        )
-        self.mix = MixPolicy(num_classes, cutmix_prob, mixup_alpha, cutmix_alpha, mix_stop_epoch)
-        self.network = build_network(arch, num_classes, blurpool, zero_init_residual, channels_last)
-        if init_weights is not None:
-            for note in load_init_weights(self.network, init_weights, num_classes):
+        _check_arguments(predict_top_k, label_smoothing, val_last_epochs)
+        check_ema_settings(use_ema, ema_decay, ema_half_life_epochs, val_weights)
+        self.configure_network()
+        self.configure_training()
+        self.configure_evaluation()
+
+    # -- construction ------------------------------------------------------------------------------------------
+    def configure_network(self) -> None:
+        """The torchvision network (from ``init_weights`` for a fine-tune), its EMA copy, and torch.compile."""
+        h = self.hparams
+        self.network = build_network(h.arch, h.num_classes, h.blurpool, h.zero_init_residual, h.channels_last)
+        if h.init_weights is not None:
+            for note in load_init_weights(self.network, h.init_weights, h.num_classes):
                 rank_zero_info(f"model.init_weights: {note}")
-        if freeze_backbone_epochs < 0:
-            raise InvalidValue(f"model.freeze_backbone_epochs={freeze_backbone_epochs}: expected 0 or more epochs")
-        self._backbone_frozen = False
         # A registered submodule: moved with the module and saved in its state_dict (so in every checkpoint).
-        # With a horizon in epochs the decay is set when training starts (on_train_epoch_start): 0.9998 until then.
-        self.ema = EMA(self.network, 0.9998 if ema_decay is None else ema_decay) if use_ema else None
+        # With a horizon in epochs the decay is set when training starts (_start_epoch): 0.9998 until then.
+        self.ema = EMA(self.network, 0.9998 if h.ema_decay is None else h.ema_decay) if h.use_ema else None
         # Every forward pass of the network and the EMA copy goes through this when compiled (see _run).
         self._compiled: CompiledNetworks | None = None
-        if compile:
-            self._compile(compile_mode, compile_backend)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if h.compile:
+            self._compiled = CompiledNetworks(h.compile_mode, h.compile_backend)
+            for network in [self.network] + ([self.ema.module] if self.ema is not None else []):
+                self._compiled.compile(network)  # in place: the state-dict keys stay those of the plain network
+        self.memory_format = torch.channels_last if h.channels_last else torch.contiguous_format
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.eval_metrics = eval_metrics(num_classes, with_ema=use_ema, val_weights=val_weights)
-        self._eval_seen = 0
+
+    def configure_training(self) -> None:
+        """The LR schedule, MixUp/CutMix, the frozen backbone of a fine-tune and the gradient statistics."""
+        h = self.hparams
+        shape = Schedule(
+            name=h.scheduler,
+            warmup_epochs=h.warmup_epochs,
+            peak_epoch=h.lr_peak_epoch,
+            min_ratio=h.min_lr_ratio,
+            milestones=tuple(h.step_milestones),
+            gamma=h.step_gamma,
+            cycle_momentum=h.cycle_momentum,
+        )
+        self.lr_schedule = EpochLR(shape, h.lr, h.lr_reference_batch)
+        self.mix = MixPolicy(h.num_classes, h.cutmix_prob, h.mixup_alpha, h.cutmix_alpha, h.mix_stop_epoch)
+        self.freeze = BackboneFreeze(self.network, h.num_classes, h.freeze_backbone_epochs)
+        self.gradients = GradientStats()
         self._batch_idx = 0
         self._started_epoch: int | None = None  # the epoch whose per-epoch settings are applied (_start_epoch)
-        self._grad_norm: torch.Tensor | None = None
-        self._clipped_steps: torch.Tensor | None = None  # on the device: summed without a host read
-        self._norm_steps = 0
 
-    def _compile(self, mode: CompileMode, backend: str) -> None:
-        """``torch.compile`` in place (``Module.compile``): the state-dict keys stay those of the plain network."""
-        self._compiled = CompiledNetworks(mode, backend)
-        self._compiled.compile(self.network)
-        if self.ema is not None:
-            self._compiled.compile(self.ema.module)
+    def configure_evaluation(self) -> None:
+        """Top-1, top-5 and loss of the raw and the EMA weights, each sample counted once under DDP."""
+        h = self.hparams
+        self.eval_metrics = eval_metrics(h.num_classes, with_ema=h.use_ema, val_weights=h.val_weights)
+        self.real_samples = RealSamples()
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The validation schedule (its keys are ``model.val_*``, so configs compose them key by key)."""
+        return [ValidationSchedule(self.hparams.val_last_epochs)]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        h = self.hparams
+        return build_sgd(self.network, h.lr, h.momentum, h.nesterov, h.weight_decay, h.no_decay_bn_bias)
+
+    # -- torch.compile -----------------------------------------------------------------------------------------
     def _run(self, network: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         """``network(inputs)``; compiled, through the static graph of the epoch's full batch (a smaller one is
         padded at evaluation, eager in training) with each new graph logged."""
@@ -293,37 +239,27 @@ class ImageClassifier(L.LightningModule):
         return self._compiled(network, "network" if network is self.network else "ema", inputs)
 
     def setup(self, stage: str) -> None:
-        if self._compiled is not None and stage == "fit":
-            self._compiled.set_plan(plan_for_trainer(self.trainer, use_ema=self.ema is not None))
+        """Plans the fit's graphs from the shapes our FFCVDataModule will serve (no plan for other loaders)."""
+        datamodule = self.trainer.datamodule
+        if self._compiled is None or stage != "fit" or not hasattr(datamodule, "train_shape"):
+            return
+        validates = self.trainer.limit_val_batches != 0
+        val_shape = datamodule.val_shape() if validates else None
+        use_ema = self.ema is not None
+        self._compiled.set_plan(plan_for_fit(datamodule.train_shape, self.trainer.max_epochs, val_shape, use_ema))
 
     def teardown(self, stage: str) -> None:
         if self._compiled is not None:
             self._compiled.restore()
 
-    def on_predict_epoch_start(self) -> None:
+    def _start_eval_epoch(self) -> None:
+        self.real_samples.reset()
         if self._compiled is not None:
             self._compiled.start_epoch(training=False)
 
-    # -- fine-tuning: a frozen backbone for the first freeze_backbone_epochs -----------------------------------
-    def _backbone_parameters(self) -> list[nn.Parameter]:
-        head = classifier_head(self.network, self.hparams.num_classes) + "."
-        return [p for name, p in self.network.named_parameters() if not name.startswith(head)]
+    on_validation_epoch_start = on_test_epoch_start = on_predict_epoch_start = _start_eval_epoch
 
-    def _update_backbone_freeze(self) -> None:
-        # The optimizer was built with every parameter (before this hook), so it holds the backbone afterwards.
-        frozen = self.current_epoch < self.hparams.freeze_backbone_epochs
-        if frozen != self._backbone_frozen and self.trainer.world_size == 1:
-            # No backward through a frozen backbone. Not under DDP: its reducer expects a gradient for every
-            # parameter it was built with; there the gradients are computed and dropped before the step.
-            for parameter in self._backbone_parameters():
-                parameter.requires_grad_(not frozen)
-        self._backbone_frozen = frozen
-
-    def _drop_frozen_gradients(self) -> None:
-        if self._backbone_frozen:  # SGD skips a parameter without a gradient: no decay, no momentum, no update
-            for parameter in self._backbone_parameters():
-                parameter.grad = None
-
+    # -- inputs ------------------------------------------------------------------------------------------------
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW -> normalized on the device, in the network's memory format and the autocast dtype.
 
@@ -338,36 +274,7 @@ class ImageClassifier(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network(self.normalize(images))
 
-    # -- learning rate ---------------------------------------------------------------------------------------
-    def fractional_epoch(self, batch_idx: int) -> float:
-        batches = self.trainer.num_training_batches
-        return self.current_epoch + (batch_idx / batches if 0 < batches < float("inf") else 0.0)
-
-    def schedule_epochs(self) -> float:
-        """Where the schedule ends: ``max_epochs``, or ``max_steps`` in epochs when only that is set."""
-        trainer = self.trainer
-        if trainer.max_epochs is not None and trainer.max_epochs > 0:
-            return float(trainer.max_epochs)
-        if trainer.max_steps > 0 and 0 < trainer.num_training_batches < float("inf"):
-            return trainer.max_steps / trainer.num_training_batches
-        if self.hparams.scheduler == "constant":
-            return 1.0
-        raise InvalidValue(f"model.scheduler={self.hparams.scheduler}: needs trainer.max_epochs (or max_steps) to end")
-
-    def peak_lr(self, global_batch: int) -> float:
-        reference = self.hparams.lr_reference_batch
-        return self.hparams.lr if reference is None else self.hparams.lr * global_batch / reference
-
-    def steps_per_epoch(self) -> float | None:
-        """Optimizer steps in this training epoch (None when the loader has no length)."""
-        batches = self.trainer.num_training_batches
-        if not 0 < batches < float("inf"):
-            return None
-        return math.ceil(batches / self.trainer.accumulate_grad_batches)
-
-    def lr_at(self, epoch: float, global_batch: int) -> float:
-        return self.peak_lr(global_batch) * self.schedule(epoch, self.schedule_epochs(), self.steps_per_epoch())
-
+    # -- training ----------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         self._start_epoch()
 
@@ -382,27 +289,18 @@ class ImageClassifier(L.LightningModule):
         self._started_epoch = self.current_epoch
         if self._compiled is not None:
             self._compiled.start_epoch(training=True)
-        self._update_backbone_freeze()
-        self._set_ema_decay()
-
-    def _set_ema_decay(self) -> None:
-        """Sets the EMA decay from its horizon in epochs and this epoch's step count (stages may change it)."""
-        half_life = self.hparams.ema_half_life_epochs
-        if self.ema is None or self.hparams.ema_decay is not None:
-            return
-        half_life = DEFAULT_EMA_HALF_LIFE_EPOCHS if half_life is None else half_life
-        steps = self.steps_per_epoch()
-        decay = decay_for_half_life(half_life, steps if steps is not None else float("inf"))
-        if decay != self.ema.decay:
-            self.ema.set_decay(decay)
-            rank_zero_info(
-                f"EMA: half-life {half_life:g} epochs x {steps} optimizer steps per epoch "
-                f"(global batch {self._global_batch_size()}) -> decay {decay:.6f} per step"
-            )
+        self.freeze.start_epoch(self.current_epoch, self.trainer.world_size)
+        if self.ema is not None and self.hparams.ema_decay is None:  # a horizon in epochs: this epoch's steps
+            half_life = self.hparams.ema_half_life_epochs or DEFAULT_HALF_LIFE_EPOCHS
+            steps = steps_per_epoch(self.trainer)
+            if (decay := self.ema.follow_half_life(half_life, steps)) is not None:
+                rank_zero_info(
+                    f"EMA: half-life {half_life:g} epochs x {steps} optimizer steps per epoch "
+                    f"(global batch {self._global_batch_size()}) -> decay {decay:.6f} per step"
+                )
 
     def _global_batch_size(self) -> str:
-        loader = self.trainer.train_dataloader
-        batch_size = getattr(loader, "batch_size", None)
+        batch_size = getattr(self.trainer.train_dataloader, "batch_size", None)
         return "?" if batch_size is None else str(batch_size * self.trainer.world_size)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
@@ -410,13 +308,7 @@ class ImageClassifier(L.LightningModule):
         # FFCV's distributed sampler gives every rank the same number of samples, so every rank computes the
         # same global batch (and LR) even for a last, smaller batch.
         global_batch = batch[0].shape[0] * self.trainer.world_size
-        epoch = self.fractional_epoch(batch_idx)
-        lr = self.lr_at(epoch, global_batch)
-        momentum = self.schedule.momentum(epoch, self.schedule_epochs(), self.steps_per_epoch())
-        for group in self.trainer.optimizers[0].param_groups:
-            group["lr"] = lr
-            if momentum is not None:
-                group["momentum"] = momentum
+        lr = self.lr_schedule.apply(self.trainer, self.trainer.optimizers[0], batch_idx, global_batch)
         self._batch_idx = batch_idx
         if self._reaches_loggers(batch_idx):
             # A host tensor: self.log would turn a float into ``torch.tensor(lr, device=cuda)``, a blocking
@@ -439,7 +331,6 @@ class ImageClassifier(L.LightningModule):
             or (trainer.max_steps > 0 and step >= trainer.max_steps)
         )
 
-    # -- training --------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
         inputs, targets = self.mix(self.normalize(images), labels, self.current_epoch)
@@ -452,100 +343,37 @@ class ImageClassifier(L.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """The global gradient norm (what ``gradient_clip_val`` is compared to; Lightning calls this after
-        unscaling and before clipping) as a device tensor, and whether it was clipped, summed on the device.
-        Both are read on the host only on logging steps: a per-step ``.item()`` would stall the GPU queue."""
-        self._drop_frozen_gradients()
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not grads:
-            return
-        norm = torch.nn.utils.get_total_norm(grads)
-        clip = self.trainer.gradient_clip_val
-        clipping = bool(clip) and self.trainer.gradient_clip_algorithm in (None, "norm")
-        if clipping:
-            clipped = (norm > clip).to(torch.float32)
-            self._clipped_steps = clipped if self._clipped_steps is None else self._clipped_steps + clipped
-        self._norm_steps += 1
-        if self._reaches_loggers(self._batch_idx):
-            self.log("train/grad_norm", norm.detach().float(), on_step=True, on_epoch=False)
-            if clipping:
-                share = self._clipped_steps / self._norm_steps  # a new tensor: the logged one is never mutated
-                self.log("train/clipped_share", share, on_step=True, on_epoch=False)
-            self._clipped_steps, self._norm_steps = None, 0
+        """Lightning calls this after unscaling and before clipping: a frozen backbone's gradients are dropped,
+        then the global norm (what ``gradient_clip_val`` is compared to) is kept on the device and read on the
+        host only on logging steps (a per-step ``.item()`` would stall the GPU queue)."""
+        self.freeze.drop_gradients()
+        clip = self.trainer.gradient_clip_val, self.trainer.gradient_clip_algorithm
+        if self.gradients.observe(optimizer, *clip) and self._reaches_loggers(self._batch_idx):
+            for name, value in self.gradients.logged(*clip).items():
+                self.log(name, value, on_step=True, on_epoch=False)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update_parameters(self.network)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        # The LR is set on every batch from the epoch-based schedule (on_train_batch_start): no LRScheduler
-        # object, so nothing step-counted can drift when batch sizes change or a run resumes mid-epoch.
-        if self.hparams.no_decay_bn_bias:
-            decayed, exempt = split_weight_decay(self.network)
-            groups = [{"params": decayed}, {"params": exempt, "weight_decay": 0.0}]
-        else:
-            groups = [{"params": [p for p in self.network.parameters() if p.requires_grad]}]
-        return torch.optim.SGD(
-            groups,
-            lr=self.hparams.lr,
-            momentum=self.hparams.momentum,
-            nesterov=self.hparams.nesterov,
-            weight_decay=self.hparams.weight_decay,
-        )
-
-    # -- evaluation ------------------------------------------------------------------------------------------
+    # -- evaluation --------------------------------------------------------------------------------------------
     def _logits(self, network: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         logits = self._run(network, inputs)
         if self.hparams.val_flip_tta:
             logits = logits + self._run(network, inputs.flip(3).contiguous(memory_format=self.memory_format))
         return logits
 
-    def _eval_total(self) -> int | None:
-        """The evaluation set's size when a ``DistributedSampler`` pads this rank's share, else None.
-
-        Our FFCVDataModule shards validation without padding (disjoint ``indices`` per rank), so nothing is
-        trimmed there; this covers plain DataLoaders, into which Lightning injects a padding DistributedSampler.
-        """
-        loaders = self.trainer.test_dataloaders if self.trainer.testing else self.trainer.val_dataloaders
-        if isinstance(loaders, (list, tuple)):
-            loaders = loaders[0] if len(loaders) == 1 else None
-        sampler = getattr(loaders, "sampler", None)
-        if isinstance(sampler, DistributedSampler) and not sampler.drop_last:
-            return len(sampler.dataset)
-        return None
-
-    def _real_count(self, batch_size: int) -> int:
-        """Samples of this batch to count: under DDP the padding repeats of the last batches are dropped."""
-        if self.trainer.world_size == 1 or (total := self._eval_total()) is None:
-            return batch_size
-        real = real_samples_on_rank(total, self.trainer.world_size, self.trainer.global_rank)
-        count = max(0, min(batch_size, real - self._eval_seen))
-        self._eval_seen += batch_size
-        return count
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval_seen = 0
-        if self._compiled is not None:
-            self._compiled.start_epoch(training=False)
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_seen = 0
-        if self._compiled is not None:
-            self._compiled.start_epoch(training=False)
-
     def _evaluate(self, batch, stage: str) -> None:
         images, labels = batch
-        count = self._real_count(labels.shape[0])
+        loaders = self.trainer.test_dataloaders if self.trainer.testing else self.trainer.val_dataloaders
+        count = self.real_samples.take(labels.shape[0], loaders, self.trainer.world_size, self.trainer.global_rank)
         if count == 0:
             return
         images, labels = images[:count], labels[:count]
         inputs = self.normalize(images)
-        all_networks = {"": self.network} | ({"_ema": self.ema.module} if self.ema is not None else {})
-        networks = {
-            suffix: all_networks[suffix] for suffix in eval_suffixes(self.ema is not None, self.hparams.val_weights)
-        }
-        for suffix, network in networks.items():
+        ema_network = self.ema.module if self.ema is not None else None
+        for suffix, network in evaluated_networks(self.network, ema_network, self.hparams.val_weights).items():
             logits = self._logits(network, inputs)
             # The loss of the averaged logits: the same predictions as FFCV's sum, on the usual scale.
             scale = 2.0 if self.hparams.val_flip_tta else 1.0
@@ -553,7 +381,7 @@ class ImageClassifier(L.LightningModule):
             self.eval_metrics["acc1" + suffix](logits, labels)
             self.eval_metrics["acc5" + suffix](logits, labels)
             self.eval_metrics["loss" + suffix](loss, weight=labels.shape[0])
-            for name in ("loss", "acc1", "acc5"):
+            for name in NAMES:
                 metric = self.eval_metrics[name + suffix]
                 self.log(f"{stage}/{name}{suffix}", metric, prog_bar=name == "acc1", batch_size=labels.shape[0])
 
@@ -562,20 +390,13 @@ class ImageClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         # Logged with EMA on or off: the one top-1 every config can monitor (config_checks.py). acc5 comes from
-        # the same weights as acc1. compute() syncs across ranks and caches, so Lightning's own compute reuses it.
-        acc1, acc5 = self.eval_metrics["acc1"].compute(), self.eval_metrics["acc5"].compute()
-        if self.ema is not None:
-            ema1, ema5 = self.eval_metrics["acc1_ema"].compute(), self.eval_metrics["acc5_ema"].compute()
-            acc1, acc5 = (ema1, ema5) if ema1 >= acc1 else (acc1, acc5)
+        # the same weights as acc1.
+        acc1, acc5 = best_accuracies(self.eval_metrics, with_ema=self.ema is not None)
         self.log("val/acc1_best", acc1)
         self.log("val/acc5_best", acc5)
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "test")
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        """The validation schedule (its keys are ``model.val_*``, so configs compose them key by key)."""
-        return [ValidationSchedule(self.hparams.val_last_epochs)]
 
     @property
     def predict_network(self) -> nn.Module:
@@ -593,15 +414,7 @@ class ImageClassifier(L.LightningModule):
         top = probabilities.topk(min(self.hparams.predict_top_k, probabilities.shape[1]), dim=1)
         return {"probabilities": top.values, "classes": top.indices}
 
-    # -- checkpoints -----------------------------------------------------------------------------------------
+    # -- checkpoints -------------------------------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Accept checkpoints written with the EMA switched the other way: drop it, or start it anew."""
-        state = checkpoint["state_dict"]
-        has_ema = any(key.startswith("ema.") for key in state)
-        if self.ema is None and has_ema:
-            for key in [key for key in state if key.startswith("ema.")]:
-                del state[key]
-        elif self.ema is not None and not has_ema:
-            for key, value in self.ema.module.state_dict().items():
-                state[f"ema.module.{key}"] = state.get(f"network.{key}", value)
-            state["ema.n_averaged"] = torch.tensor(1, dtype=torch.long)
+        adapt_ema_state(checkpoint["state_dict"], self.ema)

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from resnet_ffcv import disk_speed
 from resnet_ffcv.config_checks import fit_config_problems
-from resnet_ffcv.dataset_format import CLASSES_FILE, load_classes, validate_ffcv
+from resnet_ffcv.dataset.format import CLASSES_FILE, load_classes, validate_ffcv
 from resnet_ffcv.lightning_cli import checkpoint_dirpath, parse_config_only, parse_tool_args
-from resnet_ffcv.resume import LATEST_NAME, NoLoadableCheckpoint, find_resume_checkpoint
-from resnet_ffcv.storage import is_url
-from resnet_ffcv.wandb_setup import is_wandb_logger, wandb_credentials, wandb_mode
+from resnet_ffcv.run.resume import LATEST_NAME, NoLoadableCheckpoint, find_resume_checkpoint
+from resnet_ffcv.run.storage import is_url
+from resnet_ffcv.run.wandb_setup import is_wandb_logger, wandb_credentials, wandb_mode
+from resnet_ffcv.tools import disk_speed
 
 DESCRIPTION = """\
 Preflight checks before paying for GPU time, one PASS/FAIL/WARN line each: the GPUs the config asks for, CUDA

@@ -32,8 +32,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from resnet_ffcv import atomic
-from resnet_ffcv.checkpoint_lock import LOCK_NAME, CheckpointGuardError
 from resnet_ffcv.errors import UserError
+from resnet_ffcv.run.checkpoint_lock import LOCK_NAME, CheckpointGuardError
 
 LATEST_NAME = "checkpoint_latest.ckpt"
 BEST_NAME = "best_model.ckpt"

@@ -1,4 +1,5 @@
-"""Workarounds for what FFCV's ``Loader`` (1.0.2) does not do on its own under Lightning.
+"""FFCV's loaders as the datamodule uses them (:func:`train_loader`, :func:`eval_loader`), and what FFCV's
+``Loader`` (1.0.2) does not do on its own under Lightning:
 
 - Epoch order follows the trainer. FFCV shuffles by its own counter ``next_epoch``, which starts at 0 in every
   process and is bumped by every ``iter()``; Lightning calls ``iter()`` at different points (and sometimes
@@ -15,11 +16,16 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import suppress
+from pathlib import Path
 from queue import Empty
 
 import numpy as np
+import torch
+
+from resnet_ffcv.dataset.format import IMAGE_FIELD, LABEL_FIELD
 
 
 def cores_per_rank(devices_per_node: int) -> int:
@@ -32,8 +38,14 @@ class ResumableOrder:
 
     Installed as ``loader.traversal_order`` after the Loader is built (its constructor cannot take a custom
     order instance in 1.0.2: it calls the instance); FFCV only ever calls ``sample_order`` on it.
-    ``len(loader)`` still counts the whole epoch, which is what Lightning's fit loop needs on a resume (see
-    :meth:`resnet_ffcv.data.FFCVDataModule.state_dict`).
+    ``len(loader)`` still counts the whole epoch, which is what Lightning's fit loop needs on a resume.
+
+    How Lightning's fit loop (2.6) resumes mid-epoch, which this matches: it restores ``batch_progress.current``
+    (m batches done, saved by the datamodule's ``state_dict``), numbers the next batch ``batch_idx = m``, starts
+    its fetcher's count at m, and ends the epoch when ``ready == num_training_batches`` (or the iterator is
+    exhausted). So the loader's ``len()`` must stay the WHOLE epoch's batch count N while the iterator yields the
+    N - m remaining batches. A loader whose len() shrank to N - m would end the epoch after N - 2m batches when
+    m < N/2 and would number batches past its own len() otherwise.
     """
 
     def __init__(self, inner, batch_size: int, drop_last: bool):
@@ -41,6 +53,25 @@ class ResumableOrder:
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.skip: tuple[int, int] | None = None  # (epoch, samples already consumed in it)
+
+    def resume(self, state: dict[str, int] | None, epoch: int, world_size: int) -> None:
+        """Skips, in ``epoch``, the batches an interrupted run had consumed of it (``state``: the datamodule's
+        saved ``{epoch, batches, batch_size, world_size}``); nothing for another epoch or a fresh start.
+
+        Exact when batch size and world size are those of the interrupted run; otherwise the rest of the epoch
+        is approximate (the consumed count is in samples of the old batches), and a warning says so.
+        """
+        self.skip = None
+        if state is None or state["epoch"] != epoch or state["batches"] == 0:
+            return
+        if state["batch_size"] != self.batch_size or state["world_size"] != world_size:
+            warnings.warn(
+                f"resuming epoch {epoch} after {state['batches']} batches of {state['batch_size']} on "
+                f"{state['world_size']} ranks with batches of {self.batch_size} on {world_size} ranks: "
+                "the rest of the epoch is approximate (some samples repeat or are skipped)",
+                stacklevel=2,
+            )
+        self.skip = (epoch, state["batches"] * self.batch_size)
 
     def sample_order(self, epoch: int) -> np.ndarray:
         order = np.asarray(self.inner.sample_order(epoch))
@@ -139,3 +170,77 @@ def stop_epoch_iterator(iterator) -> None:
         iterator.close()
     iterator.closed = True  # FFCV's close() never sets it: without this, __del__ would exit the context again
     iterator.memory_allocations = None
+
+
+# -- building the loaders ----------------------------------------------------------------------------------------
+def pipelines(image_decoder, augment: bool, device: torch.device) -> dict[str, list]:
+    """uint8 to the end (normalized on the device by the module: a normalize inside FFCV's pipeline can hang
+    forever on the CPU in ffcv 1.0.2, and uint8 moves 4x fewer bytes to the GPU)."""
+    from ffcv.fields.decoders import IntDecoder
+    from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+
+    image = [image_decoder, *([RandomHorizontalFlip()] if augment else []), ToTensor()]
+    # Squeeze(1), not Squeeze(): a last batch of one sample must keep its batch dimension.
+    label = [IntDecoder(), ToTensor(), Squeeze(1)]
+    if device.type == "cuda":
+        image.append(ToDevice(device, non_blocking=True))
+        label.append(ToDevice(device, non_blocking=True))
+    image.append(ToTorchImage())
+    return {IMAGE_FIELD: image, LABEL_FIELD: label}
+
+
+def train_loader(
+    path: Path,
+    resolution: int,
+    batch_size: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    order: str,
+    drop_last: bool,
+    distributed: bool,
+    device: torch.device,
+    before_epoch: Callable[[EpochLoader], int],
+    **loader_args,
+) -> EpochLoader:
+    """Random-resized crops (and flips) of ``path``; ``decoder.output_size`` changes the resolution per epoch.
+
+    ``distributed=True``: FFCV's DistributedSampler gives each rank a disjoint shard of one permutation (it needs
+    the process group, so this runs inside ``train_dataloader``). ``loader_args``: FFCV ``Loader`` arguments.
+    """
+    from ffcv.fields.decoders import RandomResizedCropRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    decoder = RandomResizedCropRGBImageDecoder((resolution, resolution), scale=tuple(scale), ratio=tuple(ratio))
+    loader = Loader(
+        str(path),
+        batch_size=batch_size,
+        order=OrderOption[order.upper()],
+        drop_last=drop_last,
+        pipelines=pipelines(decoder, augment=True, device=device),
+        distributed=distributed,
+        **loader_args,
+    )
+    loader.traversal_order = ResumableOrder(loader.traversal_order, batch_size, drop_last)
+    wrapped = EpochLoader(loader, before_epoch=before_epoch)
+    wrapped.decoder = decoder
+    return wrapped
+
+
+def eval_loader(
+    path: Path, resolution: int, crop_ratio: float, batch_size: int, indices: np.ndarray, device, **loader_args
+) -> EpochLoader:
+    """Centre crops at ``resolution`` of the samples ``indices`` of ``path``, in file order, nothing dropped."""
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    decoder = CenterCropRGBImageDecoder((resolution, resolution), ratio=crop_ratio)
+    loader = Loader(
+        str(path),
+        batch_size=batch_size,
+        order=OrderOption.SEQUENTIAL,
+        drop_last=False,
+        pipelines=pipelines(decoder, augment=False, device=device),
+        indices=indices,
+        **loader_args,
+    )
+    return EpochLoader(loader)

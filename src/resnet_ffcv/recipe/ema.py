@@ -24,6 +24,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from resnet_ffcv.errors import InvalidValue
 
+# The EMA horizon when neither model.ema_half_life_epochs nor model.ema_decay is set (docs/recipe.md: why 2).
+DEFAULT_HALF_LIFE_EPOCHS = 2.0
+
 
 class EMA(AveragedModel):
     """EMA of ``network``: after each update, ``ema = decay * ema + (1 - decay) * network`` for every
@@ -43,6 +46,15 @@ class EMA(AveragedModel):
         self.decay = decay
         self.requires_grad_(False)
         self._host_updates: int | None = None  # mirrors n_averaged; None: read it from the buffer once
+
+    def follow_half_life(self, half_life_epochs: float, steps_per_epoch: int | None) -> float | None:
+        """Sets the decay that gives ``half_life_epochs`` at this epoch's step count; the new decay, or None when
+        it did not change (resolution stages may change the batch size, so the step count)."""
+        decay = decay_for_half_life(half_life_epochs, steps_per_epoch if steps_per_epoch is not None else math.inf)
+        if decay == self.decay:
+            return None
+        self.set_decay(decay)
+        return decay
 
     def set_decay(self, decay: float) -> None:
         """A new per-step decay from the next update on (a horizon in epochs gives one per steps-per-epoch)."""
@@ -95,3 +107,31 @@ def decay_for_half_life(half_life_epochs: float, steps_per_epoch: float) -> floa
             f"(steps per epoch: {steps_per_epoch}); set model.ema_decay (per step) instead"
         )
     return 0.5 ** (1.0 / (half_life_epochs * steps_per_epoch))
+
+
+def check_ema_settings(
+    use_ema: bool, ema_decay: float | None, ema_half_life_epochs: float | None, val_weights: str
+) -> None:
+    """The ``model.*`` EMA values, checked together before anything is built."""
+    if ema_decay is not None and ema_half_life_epochs is not None:
+        raise InvalidValue(
+            f"model.ema_decay={ema_decay} and model.ema_half_life_epochs={ema_half_life_epochs}: set one of them "
+            "(the horizon in epochs, or the decay per optimizer step) and the other to null"
+        )
+    if ema_half_life_epochs is not None and ema_half_life_epochs <= 0:
+        raise InvalidValue(f"model.ema_half_life_epochs={ema_half_life_epochs}: expected > 0 (epochs)")
+    if val_weights == "ema" and not use_ema:
+        raise InvalidValue("model.val_weights='ema' with model.use_ema=false: there are no EMA weights to validate")
+
+
+def adapt_ema_state(state_dict: dict, ema: EMA | None, network_prefix: str = "network.", prefix: str = "ema.") -> None:
+    """A checkpoint's ``state_dict`` made loadable with the EMA switched the other way (in place): an EMA the
+    module no longer keeps is dropped; a missing one starts as a copy of the checkpoint's network weights."""
+    has_ema = any(key.startswith(prefix) for key in state_dict)
+    if ema is None and has_ema:
+        for key in [key for key in state_dict if key.startswith(prefix)]:
+            del state_dict[key]
+    elif ema is not None and not has_ema:
+        for key, value in ema.module.state_dict().items():
+            state_dict[f"{prefix}module.{key}"] = state_dict.get(f"{network_prefix}{key}", value)
+        state_dict[f"{prefix}n_averaged"] = torch.tensor(1, dtype=torch.long)
