@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/gpu_check.sh [--budget-s 600] [--workdir DIR] OUT        # one CUDA device; refuses without one
 #   bash benchmarks/gpu_check.sh --rehearse [--budget-s 300] OUT             # the same steps on the CPU, tiny sizes
+#   bash benchmarks/gpu_check.sh --steps fit_path --budget-s 300 OUT         # some steps only (comma-separated)
 #
 # Steps, in order of value; each gets its weight's share of the budget still left when it starts (time a step
 # does not use goes to the later ones), runs under `timeout`, and is recorded in OUT/summary.json as it ends:
@@ -24,14 +25,17 @@
 # Exit status: 0 when every step finished and passed its checks, 1 otherwise, 2 on a usage error.
 set -uo pipefail
 
-usage="usage: bash benchmarks/gpu_check.sh [--rehearse] [--budget-s SECONDS] [--workdir DIR] OUTPUT_DIR"
-rehearse=0 budget= work= out=
+usage="usage: bash benchmarks/gpu_check.sh [--rehearse] [--budget-s S] [--workdir DIR] [--steps A,B,...] OUTPUT_DIR"
+all_steps=fit_path,train_throughput,end_to_end,loader_throughput,train_throughput_compile
+declare -A weight=([fit_path]=60 [train_throughput]=20 [end_to_end]=12 [loader_throughput]=8)
+rehearse=0 budget= work= out= steps=$all_steps
 while (($#)); do
     case $1 in
         --rehearse) rehearse=1 ;;
         --budget-s) budget=${2:-}; shift ;;
         --workdir) work=${2:-}; shift ;;
-        -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+        --steps) steps=${2:-}; shift ;;
+        -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
         -*) echo "$usage" >&2; exit 2 ;;
         *) [ -z "$out" ] || { echo "$usage" >&2; exit 2; }; out=$1 ;;
     esac
@@ -39,7 +43,14 @@ while (($#)); do
 done
 [ -n "$out" ] || { echo "$usage" >&2; exit 2; }
 budget=${budget:-$((rehearse ? 300 : 600))}
-[[ $budget =~ ^[0-9]+$ ]] && ((budget >= 60)) || { echo "--budget-s $budget: expected whole seconds >= 60" >&2; exit 2; }
+if ! [[ $budget =~ ^[0-9]+$ ]] || ((budget < 60)); then
+    echo "--budget-s $budget: expected whole seconds >= 60" >&2
+    exit 2
+fi
+for name in ${steps//,/ }; do
+    case ,$all_steps, in *,"$name",*) ;; *) echo "--steps: unknown step '$name' (steps: $all_steps)" >&2; exit 2 ;; esac
+done
+selected() { case ,$steps, in *,"$1",*) return 0 ;; esac; return 1; }
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-python3}
 export PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -50,7 +61,10 @@ if [ -z "$work" ]; then
     trap 'rm -rf "$work"' EXIT
 fi
 mkdir -p "$work" && work=$(cd "$work" && pwd)
-case $work/ in "$out"/*) echo "--workdir $work is inside OUT: data and checkpoints must stay out of it" >&2; exit 2 ;; esac
+case $work/ in "$out"/*)
+    echo "--workdir $work is inside OUT: data and checkpoints must stay out of what comes back" >&2
+    exit 2 ;;
+esac
 cd "$work" || exit 1  # relative paths of a recipe (a run_dir) land here, never in the checkout
 log=$out/steps.log
 : >"$log"
@@ -65,22 +79,31 @@ if ((rehearse)); then
     } >"$work/device.txt" 2>&1
 else
     mode=gpu
-    nvidia-smi >"$work/device.txt" 2>&1 || { cat "$work/device.txt" >"$log"; echo "nvidia-smi failed: no GPU here (see $log)" >&2; exit 1; }
+    if ! nvidia-smi >"$work/device.txt" 2>&1; then
+        cat "$work/device.txt" >"$log"
+        echo "nvidia-smi failed: no GPU here (see $log)" >&2
+        exit 1
+    fi
     "$python" -c 'import torch, lightning
 assert torch.cuda.is_available(), "torch sees no CUDA device"
 print("torch", torch.__version__, "lightning", lightning.__version__, torch.cuda.get_device_name())' \
-        >>"$work/device.txt" 2>&1 || { cat "$work/device.txt" >"$log"; echo "no CUDA in $python: see $log" >&2; exit 1; }
+        >>"$work/device.txt" 2>&1
+    if (($? != 0)); then
+        cat "$work/device.txt" >"$log"
+        echo "no CUDA in $python (see $log)" >&2
+        exit 1
+    fi
 fi
 cat "$work/device.txt" >>"$log"
 "$python" "$repo"/benchmarks/check_summary.py "$out/summary.json" start --mode $mode --budget-s "$budget" \
     --device-file "$work/device.txt" || exit 1
 
-weights_left=100  # 60 + 20 + 12 + 8
-limit=0
-next_limit() {  # next_limit WEIGHT: sets $limit, this step's share of the budget left
+weights_left=0 limit=0
+for name in "${!weight[@]}"; do selected "$name" && weights_left=$((weights_left + weight[$name])); done
+next_limit() {  # next_limit STEP: sets $limit, this step's share of the budget left (by the weights of those to come)
     local left=$((budget - SECONDS))
-    limit=$((left * $1 / weights_left))
-    weights_left=$((weights_left - $1))
+    limit=$((left * weight[$1] / weights_left))
+    weights_left=$((weights_left - weight[$1]))
 }
 
 # run_step NAME TABLE JSON COMMAND...: COMMAND under `timeout $limit`; stderr -> steps.log. TABLE is the markdown
@@ -116,25 +139,39 @@ else
     e2e=() loader=(--workers "$(nproc)" --batch-size 256 --images-per-class 300 --image-sides 333 500 --repeats 3)
 fi
 
-next_limit 60
-# shellcheck disable=SC2086
-run_step fit_path =fit_path.md "$out/fit_path.json" "$python" "$repo"/benchmarks/fit_path.py "${fit[@]}" \
-    --workdir "$work/fit" --json "$out/fit_path.json" --md "$out/fit_path.md" --deadline-s $((limit - 20)) ${FIT_ARGS:-}
-next_limit 20
-run_step train_throughput train_throughput.md "$work/train_throughput.json" \
-    "$python" "$repo"/benchmarks/train_throughput.py "${train[@]}" --json "$work/train_throughput.json"
-next_limit 12
-data=(--workdir "$work/e2e")
-[ -f "$work/fit/ffcv/train.ffcv" ] && data=(--data-dir "$work/fit/ffcv")  # the fit path's generated .ffcv
-run_step end_to_end end_to_end.md "$work/end_to_end.json" \
-    "$python" "$repo"/benchmarks/end_to_end.py "${e2e[@]}" "${data[@]}" --json "$work/end_to_end.json"
-next_limit 8
-run_step loader_throughput loader_throughput.md - \
-    "$python" "$repo"/benchmarks/loader_throughput.py "${loader[@]}" --workdir "$work/loader"
+if selected fit_path; then
+    next_limit fit_path
+    # shellcheck disable=SC2086
+    run_step fit_path =fit_path.md "$out/fit_path.json" "$python" "$repo"/benchmarks/fit_path.py "${fit[@]}" \
+        --workdir "$work/fit" --json "$out/fit_path.json" --md "$out/fit_path.md" --deadline-s $((limit - 20)) \
+        ${FIT_ARGS:-}
+fi
+if selected train_throughput; then
+    next_limit train_throughput
+    run_step train_throughput train_throughput.md "$work/train_throughput.json" \
+        "$python" "$repo"/benchmarks/train_throughput.py "${train[@]}" --json "$work/train_throughput.json"
+fi
+if selected end_to_end; then
+    next_limit end_to_end
+    data=(--workdir "$work/e2e")
+    [ -f "$work/fit/ffcv/train.ffcv" ] && data=(--data-dir "$work/fit/ffcv")  # the fit path's generated .ffcv
+    run_step end_to_end end_to_end.md "$work/end_to_end.json" \
+        "$python" "$repo"/benchmarks/end_to_end.py "${e2e[@]}" "${data[@]}" --json "$work/end_to_end.json"
+fi
+if selected loader_throughput; then
+    next_limit loader_throughput
+    run_step loader_throughput loader_throughput.md - \
+        "$python" "$repo"/benchmarks/loader_throughput.py "${loader[@]}" --workdir "$work/loader"
+fi
 limit=$((budget - SECONDS - 10))
-if ((limit >= 60)); then
-    run_step train_throughput_compile +train_throughput.md "$work/train_throughput_compile.json" \
-        "$python" "$repo"/benchmarks/train_throughput.py "${train_compile[@]}" --json "$work/train_throughput_compile.json"
+if selected train_throughput_compile && ((limit >= 60)); then  # optional: only with a minute to spare
+    json=$work/train_throughput_compile.json
+    run_step train_throughput_compile +train_throughput.md "$json" \
+        "$python" "$repo"/benchmarks/train_throughput.py "${train_compile[@]}" --json "$json"
+elif selected train_throughput_compile; then
+    echo "== train_throughput_compile: not run, $limit s left of the budget (it needs 60)" | tee -a "$log"
+    "$python" "$repo"/benchmarks/check_summary.py "$out/summary.json" step train_throughput_compile --status skipped \
+        --seconds 0 --limit-s "$limit"
 fi
 rm -rf "$work/fit/run" "$work/fit/inductor-cache"  # checkpoints and caches; the .ffcv stays for a rerun
 echo "== done in $SECONDS s of $budget: $out" | tee -a "$log"
