@@ -8,11 +8,12 @@ Kept from the p4d recipe: ResNet-50 (BlurPool), EMA, MixUp/CutMix, label smoothi
 (one process), channels_last, torch.compile (static shapes, fullgraph, the planned graphs), validation of raw and
 EMA weights at 256 px with flip TTA, SpotCheckpoint + SpotInterruption, RunSummary, W&B (offline) and
 ThroughputMonitor. Changed, sizes only: 1 device; a generated rn50-preset ``.ffcv`` (synthetic JPEGs of 300-600
-px a side written by our writer, ``resnet_ffcv.synthetic``); each resolution stage compressed to
-``--epochs-per-stage`` epochs of ``--batches`` batches (``trainer.limit_train_batches``), ``model.warmup_epochs``
-1, one validation (the last epoch). ``--rehearse`` also runs it on the CPU: ``trainer.accelerator cpu``,
-``model.compile_backend aot_eager`` (the same dynamo graphs and guards, seconds per graph instead of minutes),
-32/40/48 px training and 64 px validation at batch 4 (validation 8), tiny JPEGs.
+px a side written by our writer, ``resnet_ffcv.synthetic``); each resolution stage compressed to 2 epochs
+(``--epochs-per-stage``) of 10 batches of 256 (``--batches``, ``trainer.limit_train_batches``),
+``model.warmup_epochs`` 1, one validation (the last epoch). ``--rehearse`` runs the same on the CPU:
+``trainer.accelerator cpu``, ``model.compile_backend aot_eager`` (the same dynamo graphs and guards, seconds per
+graph instead of minutes), 32/40/48 px training and 64 px validation at batch 4 (validation 8), 1 epoch of 6
+batches per stage, tiny JPEGs; ``--arch resnet18`` shrinks it further (the test suite's run).
 
 What it records, from the processes themselves (their logs, ``benchmarks/fit_probe.py``'s report, the checkpoint):
 images/s of each stage through the Trainer; the torch.compile graphs each process compiled (the fit log's

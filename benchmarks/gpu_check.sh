@@ -21,7 +21,8 @@
 # processes' output included). Data, checkpoints and compile caches live in --workdir (default: a temporary
 # directory, deleted at the end). --rehearse runs every step at its smallest size on the CPU (the fit path with
 # the aot_eager compile backend): it proves the arguments, files and parsing before a device is touched.
-# Knobs (environment): PYTHON (default python3), FIT_ARGS (extra fit_path.py arguments, e.g. "--batches 4").
+# Knobs (environment): PYTHON (default python3), FIT_ARGS (extra fit_path.py arguments: the test suite's rehearsal
+# passes "--arch resnet18", a quicker network for the same steps).
 # Exit status: 0 when every step finished and passed its checks, 1 otherwise, 2 on a usage error.
 set -uo pipefail
 
