@@ -416,7 +416,7 @@ def _cell(value) -> str:
 
 def format_markdown(result: dict) -> str:
     """The stage table, then the measures with their targets (the JSON has every raw figure)."""
-    mode = MODES[result["mode"]]
+    mode = result["sizes"]
     lines = [
         f"fit path on {result['device']}: configs/p4d_78pct.yaml + sizes ({result['differs']}); "
         f"{total_epochs(mode)} epochs x {mode['batches']} batches of {mode['batch']}, one validation at "
@@ -500,7 +500,6 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("epochs_per_stage", "batches", "arch"):
         if getattr(args, key) is not None:
             mode[key] = getattr(args, key)
-    MODES[args.mode] = mode  # format_markdown reads the sizes used
     if args.mode == "gpu":
         import torch
 
@@ -508,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
             print("fit_path.py: no CUDA device (use --rehearse for the CPU rehearsal)", file=sys.stderr)
             return 1
     differs = DIFFERS[args.mode] + (f", {args.arch} instead of resnet50" if args.arch else "")
-    result = {"mode": args.mode, "device": describe_device(args.mode), "differs": differs}
+    result = {"mode": args.mode, "device": describe_device(args.mode), "differs": differs, "sizes": mode}
 
     def write() -> None:  # atomic: a run killed mid-write leaves the previous version, never half of one
         from resnet_ffcv import atomic
