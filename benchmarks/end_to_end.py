@@ -98,6 +98,7 @@ def loader_ceiling(args, data_dir: Path) -> float:
 def recipe_overrides(args, data_dir: Path, report: Path, workdir: Path) -> Path:
     """A config laid over the recipe: this data, one device, N steps, no validation / checkpoints / logger."""
     overrides = {
+        "run_dir": str(workdir / "run"),  # not the recipe's (/data/runs/..., demo_output/ in the cwd)
         "trainer": {
             "devices": 1,
             "num_nodes": 1,

@@ -28,20 +28,6 @@ def run_benchmark(name: str, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_train_throughput_prints_its_table(tmp_path):
-    out = tmp_path / "rows.json"
-    result = run_benchmark("train_throughput.py", "--smoke", "--repeats", "2", "--json", str(out))
-    assert "| arch | res | batch | precision | compile | plain img/s | Lightning img/s |" in result.stdout
-    assert "| resnet18 | 32 | 4 | 32-true | False |" in result.stdout
-    rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == 1
-    row = rows[0]
-    assert len(row["plain_seconds"]) == len(row["lightning_seconds"]) == 2
-    assert row["plain_images_per_s"] > 0 and row["lightning_images_per_s"] > 0
-    assert row["ratio_min"] <= row["ratio_median"] <= row["ratio_max"]
-
-
-@pytest.mark.slow
 def test_end_to_end_prints_its_table_and_verdict(tmp_path):
     out = tmp_path / "result.json"
     result = run_benchmark("end_to_end.py", "--smoke", "--workdir", str(tmp_path / "work"), "--json", str(out))
@@ -73,6 +59,105 @@ def test_gpu_check_refuses_to_run_without_a_gpu(tmp_path):
     assert result.returncode == 1
     assert "no GPU here" in result.stderr
     assert not (tmp_path / "out" / "train_throughput.md").exists()
+
+
+def table_rows(markdown: str, first_cell: str = "") -> list[list[str]]:
+    """The body rows of the markdown tables in ``markdown`` (cells stripped) whose first cell starts so."""
+    lines = [line.strip() for line in markdown.splitlines()]
+    separator = [line.startswith("|") and set(line) <= set("|-: ") for line in lines]
+    rows = []
+    for index, line in enumerate(lines):
+        header = index + 1 < len(lines) and separator[index + 1]
+        if line.startswith("|") and not separator[index] and not header:
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            rows += [cells] if cells[0].startswith(first_cell) else []
+    return rows
+
+
+@pytest.mark.slow
+def test_gpu_check_rehearsal_runs_every_step_and_writes_what_the_device_brings_back(tmp_path):
+    """``gpu_check.sh --rehearse``: every step of the GPU run with its GPU-run arguments, on the CPU at tiny sizes
+    (the fit path with ResNet-18 here, to keep this test short), and every figure parsed from the real processes.
+
+    Also stands in for a separate train_throughput smoke test: the same ``--smoke`` run, its table and its JSON.
+    """
+    out, work = tmp_path / "out", tmp_path / "work"
+    command = ["bash", str(BENCHMARKS / "gpu_check.sh"), "--rehearse", "--budget-s", "1200", "--workdir", str(work)]
+    result = subprocess.run(
+        [*command, str(out)],
+        env={**os.environ, "PYTHON": sys.executable, "FIT_ARGS": "--arch resnet18"},
+        capture_output=True,
+        text=True,
+        timeout=1300,
+        stdin=subprocess.DEVNULL,
+    )
+    log = (out / "steps.log").read_text() if (out / "steps.log").is_file() else ""
+    assert result.returncode == 0, result.stdout[-3000:] + log[-5000:]
+    # What the device tool brings back: at most 8 plain files, named in letters, digits, '.', '_' and '-'.
+    names = sorted(path.name for path in out.iterdir())
+    assert names == [
+        "end_to_end.md", "fit_path.json", "fit_path.md", "loader_throughput.md", "steps.log", "summary.json",
+        "train_throughput.md",
+    ]  # fmt: skip
+    assert all(path.is_file() for path in out.iterdir())
+    summary = json.loads((out / "summary.json").read_text())
+    steps = summary["steps"]
+    assert summary["mode"] == "rehearse" and "rehearsal on the CPU" in summary["device"]
+    order = ["fit_path", "train_throughput", "end_to_end", "loader_throughput", "train_throughput_compile"]
+    assert list(steps) == order and {step["status"] for step in steps.values()} == {"ok"}
+    assert all(step["seconds"] <= step["limit_s"] for step in steps.values())
+    assert not (work / "fit" / "run").exists() and (work / "fit" / "ffcv" / "train.ffcv").is_file()
+
+    fit = json.loads((out / "fit_path.json").read_text())
+    assert steps["fit_path"]["result"] == fit and fit["complete"]
+    check_fit_path(fit, (out / "fit_path.md").read_text())
+
+    train = steps["train_throughput"]["result"]["rows"]
+    assert [(row["arch"], row["resolution"], row["compile"], row["repeats"]) for row in train] == [
+        ("resnet18", 32, False, 2)
+    ]
+    assert len(train[0]["plain_seconds"]) == len(train[0]["lightning_seconds"]) == 2
+    assert train[0]["ratio_min"] <= train[0]["ratio_median"] <= train[0]["ratio_max"]
+    assert [row["compile"] for row in steps["train_throughput_compile"]["result"]["rows"]] == [True]
+    train_rows = table_rows((out / "train_throughput.md").read_text(), "resnet18")
+    assert [row[:5] for row in train_rows] == [["resnet18", "32", "4", "32-true", c] for c in ("False", "True")]
+
+    e2e = steps["end_to_end"]["result"]
+    assert e2e["fit"]["steps"] == e2e["steps"] - e2e["warmup"] and e2e["verdict"] in {"loader-bound", "compute-bound"}
+    assert table_rows((out / "end_to_end.md").read_text())[-1][-1] == e2e["verdict"]
+    (loader_row,) = table_rows((out / "loader_throughput.md").read_text(), "32")
+    assert all(float(cell.rstrip("x").replace(",", "")) > 0 for cell in loader_row[1:])
+
+
+def check_fit_path(fit: dict, markdown: str) -> None:
+    """The fit path's figures, each read from the processes, and its markdown rows agreeing with them."""
+    first, second = fit["processes"]
+    assert (first["exit_code"], second["exit_code"]) == (75, 0)
+    saved = fit["interrupted_checkpoint"]
+    # SIGTERM early in the last epoch: saved mid-epoch; the same command resumed exactly there, ran to the end.
+    assert fit["sigterm_after_step"] <= saved["global_step"] < fit["expected_final_step"] == 3 * 6
+    assert saved["global_step"] == saved["epoch"] * 6 + saved["batches_in_epoch"] and saved["epoch"] == 2
+    assert second["resumed"] and fit["spot"]["resumed_at_step"] == saved["global_step"]
+    assert fit["spot"]["final_step"] == fit["expected_final_step"]
+    # Compiles: process 1 the three training graphs, process 2 the last stage's again plus raw + EMA validation.
+    assert len(fit["plan"]) == 5 and first["planned_count"] == second["planned_count"] == 5
+    assert fit["compile"]["per_process"] == [3, 3] and fit["compile"]["distinct"] == sorted(fit["plan"])
+    assert [c["graph"] for c in second["compiles"]][0] == "train network 48 px x 4" and not fit["compile"]["unplanned"]
+    # Saves: the ends of epochs 0 and 1, the interruption, the end of the run.
+    assert [(s["epoch"], s["step"]) for p in (first, second) for s in p["saves"]] == [
+        (0, 6), (1, 12), (2, saved["global_step"]), (2, 18)
+    ]  # fmt: skip
+    assert 0 < first["startup_seconds"] < first["time_to_first_step_seconds"] < first["wall_seconds"]
+    assert [(s["resolution"], s["batch"]) for s in fit["stages"]] == [(32, 4), (40, 4), (48, 4)]
+    assert all(s["images"] == 4 * s["timed_steps"] > 0 and s["images_per_s"] > 0 for s in fit["stages"])
+    assert len(second["probe"]["validation_seconds"]) == 1  # one validation: the last epoch's
+    stage_rows = table_rows(markdown)[: len(fit["stages"])]
+    assert [row[1:5] for row in stage_rows] == [
+        [str(s["resolution"]), "4", str(s["windows"]), str(s["timed_steps"])] for s in fit["stages"]
+    ]
+    checks = {row[0]: row[1:] for row in table_rows(markdown) if len(row) == 5 and row[1] in {"function", "target"}}
+    assert len(checks) == len(fit["checks"]) == 5 and all(row[-1] == "yes" for row in checks.values())
+    assert checks["rerun resumes at the saved step"][2] == str(saved["global_step"])
 
 
 def test_stage_throughput_prints_rate_and_cpu_per_gb_for_s3_and_a_directory():

@@ -17,7 +17,7 @@ from resnet_ffcv.data.resolution import ResolutionSchedule, Stage
 from resnet_ffcv.lightning_cli import parse_config_only
 from resnet_ffcv.recipe.compile_plan import MARGIN, CompiledNetworks, Graph, plan_from_config, planned_graphs
 from resnet_ffcv.recipe.module import ImageClassifier
-from resnet_ffcv.tools.plan import _train_shape_of, group_stages
+from resnet_ffcv.tools.plan import group_stages, train_shape_of
 
 from .helpers import CONFIGS, quiet_trainer
 
@@ -42,7 +42,7 @@ def test_p4d_config_plans_five_graphs():
     """3 training resolutions + validation at 256 (FFCV's protocol) for the raw and the EMA weights; TTA and the
     last batch: none."""
     config = parse_config_only(["--config", str(CONFIGS / "p4d_78pct.yaml")])
-    stages = group_stages(int(config.trainer.max_epochs), _train_shape_of(config))
+    stages = group_stages(int(config.trainer.max_epochs), train_shape_of(config))
     assert config.model.compile and config.model.compile_mode == "default"
     assert plan_from_config(config, stages) == [
         Graph("network", True, 256, 160),

@@ -186,7 +186,7 @@ def _measure_loader(config, resolution: int, batch: int, batches: int, devices_p
     return seen / elapsed if seen else None
 
 
-def _train_shape_of(config) -> Callable[[int], tuple[int, int]]:
+def train_shape_of(config) -> Callable[[int], tuple[int, int]]:
     """Epoch -> (resolution, per-device batch) of the config, as the datamodule will serve them."""
     from resnet_ffcv.data.resolution import ResolutionSchedule
 
@@ -323,7 +323,7 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
         notes.append(f"measured at batch {CPU_BATCH} per device on the CPU (--batch to change), not the stages' batch")
     elif own.batch is not None:
         notes.append(f"measured at batch {own.batch} per device instead of each stage's batch")
-    stages = group_stages(int(config.trainer.max_epochs), _train_shape_of(config))
+    stages = group_stages(int(config.trainer.max_epochs), train_shape_of(config))
     train_path = Path(config.data.data_dir) / config.data.train_file
     train_images = _train_images(own.train_images, train_path, notes)
 
