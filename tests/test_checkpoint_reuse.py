@@ -116,19 +116,18 @@ def test_the_runs_saved_config_validates_its_checkpoint_from_another_directory(r
 
 @pytest.mark.slow
 def test_predictions_go_beside_the_checkpoints_run(run, image_folder, ffcv_dir, tmp_path):
-    """Items 3 and 1: the README's predict command (training config with its relative run_dir) from another
-    directory writes ``<run>/predictions/predictions.csv`` beside the checkpoint, says so, needs no init file."""
+    """Item 3: the README's predict command (training config with its relative run_dir) from another directory
+    writes ``<run>/predictions/predictions.csv`` beside the checkpoint (not ``./demo_output/run/``) and says so."""
     images = image_folder / "val" / "blue_triangle"
-    with init_file_gone(run):
-        result = run_cli(
-            "predict",
-            *("--config", str(DEMO), "--config", str(CONFIGS / "predict.yaml")),
-            f"--data.data_dir={ffcv_dir}",
-            f"--ckpt_path={run['run'] / 'checkpoints' / 'best_model.ckpt'}",
-            f"--data.predict_path={images}",
-            "--data.val_resolution=32",
-            cwd=tmp_path,
-        )
+    result = run_cli(
+        "predict",
+        *("--config", str(DEMO), "--config", str(CONFIGS / "predict.yaml")),
+        f"--data.data_dir={ffcv_dir}",
+        f"--ckpt_path={run['run'] / 'checkpoints' / 'best_model.ckpt'}",
+        f"--data.predict_path={images}",
+        "--data.val_resolution=32",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     csv_path = run["run"] / "predictions" / "predictions.csv"
     assert f"4 predictions (top 5) written to {csv_path}" in result.stdout
@@ -139,12 +138,14 @@ def test_predictions_go_beside_the_checkpoints_run(run, image_folder, ffcv_dir, 
 
 @pytest.mark.slow
 def test_predict_with_run_reuses_the_runs_config(run, image_folder, tmp_path):
-    """Item 7: ``predict --run RUN_DIR`` takes data_dir, num_classes, arch and the best checkpoint from the run."""
+    """Items 7 and 1: ``predict --run RUN_DIR`` takes data_dir, num_classes, arch and the best checkpoint from the
+    run, and needs no init_weights file."""
     images = image_folder / "val" / "green_square"
-    result = run_cli("predict", "--run", str(run["run"]), f"--data.predict_path={images}", cwd=tmp_path)
+    with init_file_gone(run):
+        result = run_cli("predict", "--run", str(run["run"]), f"--data.predict_path={images}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     csv_path = run["run"] / "predictions" / "predictions.csv"
-    assert f"written to {csv_path}" in result.stdout
+    assert f"written to {csv_path}" in result.stdout and HEAD_LINE not in output(result)
     with open(csv_path, newline="") as f:
         assert [row["path"] for row in csv.DictReader(f)] == sorted(p.name for p in images.iterdir())
 

@@ -57,6 +57,7 @@ from resnet_ffcv.run.stop_signals import STOP, StopSignals
 from resnet_ffcv.run.wandb_setup import fall_back_to_offline_without_credentials, is_wandb_logger, prepare_wandb_logger
 from resnet_ffcv.run_dir import (
     FIT_ONLY_OPTIONS,
+    RUN_OPTION,
     apply_evaluation_run_dir,
     apply_run_dir,
     expand_run_option,
@@ -203,7 +204,15 @@ class ResNetCLI(LightningCLI):
                 help="when the config's model/data values differ from the checkpoint's: continue with the "
                 "config's values or the checkpoint's; null lists the differences and stops",
             )
-        else:  # so that a fit config holding them (an older run's saved config.yaml) works as --config here too
+        else:
+            parser.add_argument(  # for --help only: run() expands it before parsing (run_dir.expand_run_option)
+                RUN_OPTION,
+                metavar="RUN_DIR",
+                default=None,
+                help="a run directory written by fit: its config.yaml, its checkpoints/best_model.ckpt (unless "
+                "--ckpt_path) and --run_dir RUN_DIR, no logger; the other arguments still override",
+            )
+            # So that a fit config holding them (an older run's saved config.yaml) works as --config here too.
             for name in FIT_ONLY_OPTIONS:
                 parser.add_argument(f"--{name}", default=None, help=f"fit's option, ignored by {subcommand}")
         return parser

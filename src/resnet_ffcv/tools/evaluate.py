@@ -172,6 +172,8 @@ def evaluate(
 
     Args:
         ckpt_path: a checkpoint written by ``resnet-ffcv fit`` (``best_model.ckpt``, ``checkpoint_latest.ckpt``).
+            Or ``--run RUN_DIR`` (a fit's run_dir) for this, ``--data_dir`` and ``--val_file``: its best
+            checkpoint and its config.yaml's data (any of them given as well wins).
         data_dir: the folder holding ``val_file`` and ``classes.json`` (``resnet-ffcv write-dataset``).
         val_file: the split to evaluate, relative to ``data_dir``.
         resolutions: centre-crop sides in pixels (multiples of 8), e.g. ``--resolutions 224 256 288``.
