@@ -41,6 +41,7 @@ from resnet_ffcv.errors import UserError, debug_enabled
 from resnet_ffcv.recipe.module import ImageClassifier, weights_from_checkpoint
 from resnet_ffcv.run import checkpoint_lock
 from resnet_ffcv.run.resume import (
+    BEST_NAME,
     SettingsDiffer,
     check_compatible,
     configured_checkpoint_dir,
@@ -209,7 +210,7 @@ class ResNetCLI(LightningCLI):
                 RUN_OPTION,
                 metavar="RUN_DIR",
                 default=None,
-                help="a run directory written by fit: its config.yaml, its checkpoints/best_model.ckpt (unless "
+                help=f"a run directory written by fit: its config.yaml, its checkpoints/{BEST_NAME} (unless "
                 "--ckpt_path) and --run_dir RUN_DIR, no logger; the other arguments still override",
             )
             # So that a fit config holding them (an older run's saved config.yaml) works as --config here too.
