@@ -50,6 +50,8 @@ PATH_KEYS = (
     "summary.path",
     "metrics_csv.path",
     "trainer.default_root_dir",
+    "ckpt_path",
+    "data.predict_path",
 )
 RUN_OPTION = "--run"
 RUN_SUBCOMMANDS = ("validate", "test", "predict")
@@ -139,9 +141,9 @@ def _absolute(value: Any) -> Any:
 
 
 def saved_config(config: Any) -> Any:
-    """The config as ``<run_dir>/config.yaml`` keeps it: relative paths made absolute (it is read from other
-    directories: ``--run``, a spot restart), fit's once-only options left out (a rerun must not move files aside
-    again)."""
+    """The config as ``<run_dir>/config.yaml`` (or ``<run>/<subcommand>/config.yaml``) keeps it: relative paths
+    made absolute (it is read from other directories: ``--run``, a spot restart), fit's once-only options left out
+    (a rerun must not move files aside again)."""
     saved = config.clone()
     for key in FIT_ONLY_OPTIONS:
         if key in saved:
