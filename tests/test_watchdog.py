@@ -1,0 +1,172 @@
+"""A run that cannot make progress ends itself: a hang exits 76 with the stacks on file, a NaN loss exits 1, and no
+NaN model is ever saved.
+
+Real processes on the CPU with seconds-scale bounds: the training loader is made to block forever in C code (the
+test seam ``RESNET_FFCV_TEST_TRAIN_LOADER_BLOCKS_AFTER``), a DDP rank is frozen with SIGSTOP, the learning rate
+is 1e6. Each fit subprocess checks several things, to keep the suite short.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+
+from resnet_ffcv.data.loading import BLOCK_AFTER_ENV
+from resnet_ffcv.run.finite import non_finite_tensors
+from resnet_ffcv.run.resume import verify_checksum
+from resnet_ffcv.run.stall_count import STALL_COUNT_FILE
+from resnet_ffcv.run.stop_signals import STALLED_EXIT_CODE
+
+from .helpers import REPO, cli_env, free_port
+from .helpers import load_checkpoint as load
+from .spot_support import BASE_CONFIG, CLIProcess
+
+STALL_S = 4.0  # the stall bound of these tests: a few steps' time on a loaded 2-core machine
+
+
+def watchdog_config(tmp_path: Path, ffcv_dir: Path, callbacks: list | None = None, **trainer) -> Path:
+    """The spot tests' tiny run (ResNet-18, 32 px, no logger) with ``run_dir`` and a seconds-scale watchdog."""
+    config = yaml.safe_load(BASE_CONFIG.read_text())
+    config["run_dir"] = str(tmp_path / "run")
+    config["checkpoint"] = {"checkpoint_interval": 0}
+    config["data"]["data_dir"] = str(ffcv_dir)
+    config["trainer"].update(logger=False, limit_val_batches=2, **trainer)
+    config["trainer"]["callbacks"] = callbacks or []
+    config["watchdog"] = {"stall_minutes": STALL_S / 60, "first_step_minutes": 1.0, "max_restarts": 1}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def paced(first: float, then: float) -> dict:
+    return {"class_path": "tests.spot_support.PacedSteps", "init_args": {"first": first, "then": then}}
+
+
+def assert_finite_checkpoint(path: Path) -> dict:
+    checkpoint = load(path)
+    assert verify_checksum(path) is None, path  # intact: the bytes its sidecar describes
+    assert non_finite_tensors(checkpoint["state_dict"]) == [], path  # the weights and the EMA copy
+    return checkpoint
+
+
+@pytest.mark.slow
+def test_a_blocked_loader_exits_76_with_its_stack_and_the_restarts_are_bounded(tmp_path, ffcv_dir):
+    """A slow first step and slow steps pass; a loader blocked in C code after step 3 ends the run with 76 within
+    the bound, the stack file names the blocked frame, checkpoint_latest is intact and the rerun resumes from it;
+    the second stall of a run allowed one restart is a failure (exit 1) with the message."""
+    run_dir = tmp_path / "run"
+    # 2 steps per epoch: epoch 0 is saved (step 2), epoch 1's first batch is step 3, then the loader blocks.
+    config = watchdog_config(
+        tmp_path, ffcv_dir, [paced(first=1.5 * STALL_S, then=0.5 * STALL_S)], max_epochs=3, limit_train_batches=2
+    )
+    first = CLIProcess("fit", "--config", str(config), env={BLOCK_AFTER_ENV: "3"})
+    first.wait_for_line("step 3 done", timeout=240)
+    step_3_done = time.monotonic()
+    assert first.finish(timeout=60) == STALLED_EXIT_CODE, first.output
+    # Step 3 ends after its paced sleep; then the stall bound, one poll, the stack dump and the exit.
+    assert time.monotonic() - step_3_done < 0.5 * STALL_S + STALL_S + 5, first.output
+    (stack_file,) = (run_dir / "stalls").glob("rank0-*.txt")
+    assert f"the stacks of every thread are in {stack_file}" in first.output
+    assert "exiting with code 76" in first.output and "stall 1 of at most 2 in this run" in first.output
+    stacks = stack_file.read_text()
+    assert "last progress: a training step, step 3, epoch 1" in stacks
+    assert "in block_forever_for_tests" in stacks and "loading.py" in stacks  # the blocked frame, by name
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "stalled"
+    latest = run_dir / "checkpoints" / "checkpoint_latest.ckpt"
+    saved = assert_finite_checkpoint(latest)
+    assert saved["global_step"] == 2  # the epoch-0 save, untouched by the stall
+    stalls = json.loads((run_dir / "checkpoints" / STALL_COUNT_FILE).read_text())["stalls"]
+    assert [(s["step"], s["stacks"]) for s in stalls] == [(3, str(stack_file))]
+
+    # The same command resumes from that checkpoint; it stalls again, the second time in this run: exit 1.
+    second = CLIProcess("fit", "--config", str(config), env={BLOCK_AFTER_ENV: "1"})
+    assert second.finish(timeout=240) == 1, second.output
+    assert f"Resuming from {latest}" in second.output
+    assert "step 3 done" in second.output  # the step count went on from the checkpoint's 2
+    assert "this run has now stalled 2 times (watchdog.max_restarts 1): it is not retried again" in second.output
+    assert len(list((run_dir / "stalls").glob("rank0-*.txt"))) == 2
+    assert load(latest)["global_step"] == 2
+
+
+@pytest.mark.slow
+def test_a_frozen_ddp_rank_ends_the_whole_run_with_76(tmp_path, ffcv_dir):
+    """2-rank CPU DDP; rank 1 gets SIGSTOP mid-epoch, so rank 0 waits in the gradient all-reduce. Rank 0's
+    watchdog exits 76 within the bound and kills the stopped rank it launched: no process of the run remains."""
+    config = watchdog_config(
+        tmp_path,
+        ffcv_dir,
+        [paced(first=0.0, then=0.2)],
+        strategy="ddp",
+        devices=2,
+        max_epochs=1,
+        limit_train_batches=10,
+    )
+    env = {"MASTER_PORT": str(free_port())}
+    run = CLIProcess("fit", "--config", str(config), env=env)
+    run.wait_for_line("step 3 done", timeout=240)
+    rank0 = psutil.Process(run.process.pid)
+    (rank1,) = rank0.children()  # Lightning's launcher started rank 1 as rank 0's child
+    rank1.send_signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    assert run.finish(timeout=120) == STALLED_EXIT_CODE, run.output
+    assert time.monotonic() - stopped_at < STALL_S + 6, run.output
+    assert "rank 0 stalled: no training step or validation batch completed" in run.output
+    assert not rank1.is_running() or rank1.status() == psutil.STATUS_ZOMBIE
+    leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(config) in " ".join(p.info["cmdline"] or [])]
+    assert leftovers == [], leftovers
+
+
+COLLECTIVE_SCRIPT = """
+import datetime, sys, time
+import torch, torch.distributed as dist
+rank, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+if rank == 0:  # imported while rank 1 starts, not after
+    import lightning as L
+    from resnet_ffcv.callbacks.checkpointing import SpotCheckpoint
+    from resnet_ffcv.callbacks.watchdog import Watchdog
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+dist.barrier()
+if rank == 1:
+    time.sleep(30)  # never joins the all-reduce below
+    sys.exit(0)
+for group in dist.distributed_c10d._world.pg_map:  # the watchdog section's timeout, as the CLI sets it on DDP
+    group._get_backend(torch.device("cpu"))._set_default_timeout(datetime.timedelta(seconds=2))
+watchdog = Watchdog(stall_minutes=1, stall_dir=f"{out}/stalls")
+trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[SpotCheckpoint(f"{out}/checkpoints"), watchdog])
+try:
+    dist.all_reduce(torch.ones(4))
+except RuntimeError as error:
+    watchdog.on_exception(trainer, None, error)  # what Lightning calls when the error leaves a training step
+print("not reached")
+"""
+
+
+def test_a_collective_timeout_exits_76(tmp_path):
+    """gloo raises once a collective outlives the process group's timeout: the watchdog turns that into exit 76
+    with a stack file and a counted stall, as for a hang (not a traceback and exit 1)."""
+    script, port = tmp_path / "collective.py", str(free_port())
+    script.write_text(COLLECTIVE_SCRIPT)
+    env = cli_env()
+    peer = subprocess.Popen([sys.executable, str(script), "1", port, str(tmp_path)], env=env)
+    try:
+        result = subprocess.run(
+            [sys.executable, str(script), "0", port, str(tmp_path)], env=env, capture_output=True, text=True
+        )
+    finally:
+        peer.kill()
+        peer.wait()
+    assert result.returncode == STALLED_EXIT_CODE, result.stderr
+    assert "a collective waited past the process group's timeout" in result.stderr
+    assert "Timed out waiting" in result.stderr and "not reached" not in result.stdout
+    assert len(list((tmp_path / "stalls").glob("rank0-*.txt"))) == 1
+    assert len(json.loads((tmp_path / "checkpoints" / STALL_COUNT_FILE).read_text())["stalls"]) == 1
