@@ -27,7 +27,7 @@ from resnet_ffcv.run.resume import verify_checksum
 from resnet_ffcv.run.stall_count import STALL_COUNT_FILE
 from resnet_ffcv.run.stop_signals import STALLED_EXIT_CODE
 
-from .helpers import REPO, cli_env, free_port
+from .helpers import cli_env, free_port
 from .helpers import load_checkpoint as load
 from .spot_support import BASE_CONFIG, CLIProcess
 
@@ -170,3 +170,75 @@ def test_a_collective_timeout_exits_76(tmp_path):
     assert "Timed out waiting" in result.stderr and "not reached" not in result.stdout
     assert len(list((tmp_path / "stalls").glob("rank0-*.txt"))) == 1
     assert len(json.loads((tmp_path / "checkpoints" / STALL_COUNT_FILE).read_text())["stalls"]) == 1
+
+
+def file_state(path: Path) -> tuple[int, bytes]:
+    return path.stat().st_mtime_ns, path.read_bytes()
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_with_exit_1_and_saves_no_nan_weights(tmp_path, ffcv_dir):
+    """Epoch 0 trains normally (latest and best saved); resumed at LR 1e6 the loss turns NaN: the run exits 1
+    within finite_loss.consecutive logging steps with the paragraph, and no checkpoint is written after the NaN."""
+    run_dir = tmp_path / "run"
+    config = watchdog_config(tmp_path, ffcv_dir, max_epochs=1, limit_train_batches=6)
+    good = CLIProcess("fit", "--config", str(config))
+    assert good.finish() == 0, good.output
+    checkpoints = [run_dir / "checkpoints" / name for name in ("checkpoint_latest.ckpt", "best_model.ckpt")]
+    before = [file_state(path) for path in checkpoints]
+
+    diverging = CLIProcess(
+        *("fit", "--config", str(config), "--trainer.max_epochs", "3", "--model.lr", "1e6"),
+        *("--resume_with", "config", "--finite_loss.consecutive", "2"),
+    )
+    assert diverging.finish() == 1, diverging.output
+    nan_steps = [int(line.split()[3]) for line in diverging.lines if line.startswith("epoch ") and "loss nan" in line]
+    assert nan_steps, diverging.output
+    stopped = (
+        f"the loss is NaN/Inf at 2 checks in a row (step {nan_steps[0]} loss, step {nan_steps[0] + 1} loss): "
+        f"the run diverged at step {nan_steps[0] + 1}, epoch 1, LR "
+    )
+    assert stopped in diverging.output
+    assert f"the last good one is {checkpoints[0]}" in diverging.output and "Traceback" not in diverging.output
+    assert [file_state(path) for path in checkpoints] == before  # nothing written after the first NaN
+    for path in checkpoints:
+        assert_finite_checkpoint(path)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_a_stop_signal_during_a_nan_run_saves_no_nan_weights(tmp_path):
+    """SIGTERM once the loss is NaN: the spot handler's save of checkpoint_latest refuses (the weights hold NaN),
+    says so and fails instead of writing them."""
+    import lightning as L
+
+    from resnet_ffcv.callbacks import SpotInterruption
+    from resnet_ffcv.callbacks.checkpointing import SpotCheckpoint
+    from resnet_ffcv.recipe.module import ImageClassifier
+    from resnet_ffcv.run.finite import TrainingDiverged
+    from resnet_ffcv.run.stop_signals import STOP
+    from resnet_ffcv.tools.throughput import RepeatedBatches, synthetic_batch
+
+    from .helpers import quiet_trainer
+
+    class SigtermOnceNaN(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if not torch.isfinite(outputs["loss"]):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    torch.manual_seed(0)
+    module = ImageClassifier(arch="resnet18", num_classes=10, lr=1e6, warmup_epochs=0, scheduler="constant")
+    spot = SpotInterruption(endpoint="http://127.0.0.1:9")
+    trainer = quiet_trainer(
+        max_epochs=1,
+        enable_checkpointing=True,
+        callbacks=[SigtermOnceNaN(), spot, SpotCheckpoint(str(tmp_path / "checkpoints"))],
+    )
+    batches = RepeatedBatches(synthetic_batch(4, 32, 10, torch.device("cpu")), 12)
+    try:
+        with pytest.raises(TrainingDiverged, match=r"refusing to save .*checkpoint_latest\.ckpt: \d+ tensors"):
+            trainer.fit(module, batches)
+        assert STOP.reason == "received SIGTERM"  # the stop came from the signal, mid-epoch
+    finally:
+        STOP.reason = None
+    assert trainer.global_step < 12
+    assert list((tmp_path / "checkpoints").glob("*.ckpt")) == []
