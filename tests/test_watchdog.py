@@ -27,7 +27,7 @@ from resnet_ffcv.run.resume import verify_checksum
 from resnet_ffcv.run.stall_count import STALL_COUNT_FILE
 from resnet_ffcv.run.stop_signals import STALLED_EXIT_CODE
 
-from .helpers import cli_env, free_port
+from .helpers import REPO, cli_env, free_port
 from .helpers import load_checkpoint as load
 from .spot_support import BASE_CONFIG, CLIProcess
 
@@ -242,3 +242,23 @@ def test_a_stop_signal_during_a_nan_run_saves_no_nan_weights(tmp_path):
         STOP.reason = None
     assert trainer.global_step < 12
     assert list((tmp_path / "checkpoints").glob("*.ckpt")) == []
+
+
+def test_spot_training_script_passes_a_stall_on_as_76(tmp_path):
+    """scripts/spot_training.sh reads 76 as "stalled: rerun" (not "training failed", exit 1). Its fit is a stub
+    that exits 76 here; the real fit's 76 is the tests above."""
+    stub = tmp_path / "python"
+    stub.write_text('#!/bin/sh\ncase "$3" in doctor) echo "[PASS] stub: ok"; exit 0 ;; fit) exit 76 ;; esac\nexit 9\n')
+    stub.chmod(0o755)
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "spot_training.sh"), str(config)],
+        env={**os.environ, "PYTHON": str(stub)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == STALLED_EXIT_CODE, result.stderr
+    assert "spot_training: stalled (stacks in the run directory's stalls/" in result.stderr
+    assert "allows watchdog.max_restarts stalls per run, then fails with 1" in result.stderr

@@ -185,3 +185,24 @@ class Watchdog(L.Callback):
             f"{verdict}."
         )
         return paragraph, [write_summary] if rank == 0 and trainer is not None else [], exit_code
+
+
+def describe_run_safety(config, gpus: int, price_per_hour: float) -> str:
+    """One line for ``plan`` and ``doctor``: the checkpoint cadence beside what a hang or a NaN can cost."""
+    checkpoint, watchdog = config.checkpoint, config.watchdog
+    every = checkpoint.checkpoint_interval
+    cadence = "checkpoint_latest every epoch" + (f", checkpoint_epoch_N every {every}" if every else "")
+    if not watchdog.enabled:
+        hang = "watchdog off: a hang runs until the collective timeout (DDP) or forever"
+    else:
+        stall, first = watchdog.stall_minutes, watchdog.first_step_minutes
+        price = f" = ${stall / 60 * price_per_hour:.2f}" if price_per_hour > 0 else ""
+        first_price = f" = ${first / 60 * price_per_hour:.2f}" if price_per_hour > 0 else ""
+        hang = (
+            f"a hang costs at most {stall:g} min of {gpus} GPU(s){price} ({first:g} min{first_price} at a first "
+            f"step), then exit {STALLED_EXIT_CODE}, relaunched at most {watchdog.max_restarts} times per run"
+        )
+    timeout = watchdog.collective_timeout_minutes
+    collective = f"collective timeout {timeout:g} min" if timeout is not None else "collective timeout: torch's"
+    nan = f"a NaN/Inf loss at {config.finite_loss.consecutive} checks in a row exits 1, never saved"
+    return f"{cadence}; {hang}; {collective}; {nan}"
