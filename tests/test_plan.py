@@ -103,7 +103,7 @@ def test_plan_p4d_config_on_this_cpu(capsys, tmp_path):
     assert saved["validation_seconds"] > 0
     # Beside the checkpoint cadence, what a hang costs on these 8 GPUs at $11/h: 10 min = $1.83.
     assert (
-        "note: checkpoint_latest every epoch, checkpoint_epoch_N every 5; a hang costs at most 10 min of 8 GPU(s) = "
+        "note: checkpoint_latest every epoch, a periodic one every 5; a hang costs at most 10 min of 8 GPU(s) = "
         "$1.83 (30 min = $5.50 at a first step), then exit 76, relaunched at most 3 times per run; collective "
         "timeout 15 min; a NaN/Inf loss at 3 checks in a row exits 1, never saved"
     ) in out

@@ -191,7 +191,7 @@ def describe_run_safety(config, gpus: int, price_per_hour: float) -> str:
     """One line for ``plan`` and ``doctor``: the checkpoint cadence beside what a hang or a NaN can cost."""
     checkpoint, watchdog = config.checkpoint, config.watchdog
     every = checkpoint.checkpoint_interval
-    cadence = "checkpoint_latest every epoch" + (f", checkpoint_epoch_N every {every}" if every else "")
+    cadence = "checkpoint_latest every epoch" + (f", a periodic one every {every}" if every else "")
     if not watchdog.enabled:
         hang = "watchdog off: a hang runs until the collective timeout (DDP) or forever"
     else:
