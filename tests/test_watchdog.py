@@ -31,7 +31,7 @@ from .helpers import REPO, cli_env, free_port
 from .helpers import load_checkpoint as load
 from .spot_support import BASE_CONFIG, CLIProcess
 
-STALL_S = 4.0  # the stall bound of these tests: a few steps' time on a loaded 2-core machine
+STALL_S = 3.0  # the stall bound of these tests: a few steps' time on a loaded 2-core machine
 
 
 def watchdog_config(tmp_path: Path, ffcv_dir: Path, callbacks: list | None = None, **trainer) -> Path:
@@ -59,17 +59,28 @@ def assert_finite_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
+def file_state(path: Path) -> tuple[int, bytes]:
+    return path.stat().st_mtime_ns, path.read_bytes()
+
+
 @pytest.mark.slow
-def test_a_blocked_loader_exits_76_with_its_stack_and_the_restarts_are_bounded(tmp_path, ffcv_dir):
-    """A slow first step and slow steps pass; a loader blocked in C code after step 3 ends the run with 76 within
-    the bound, the stack file names the blocked frame, checkpoint_latest is intact and the rerun resumes from it;
-    the second stall of a run allowed one restart is a failure (exit 1) with the message."""
+def test_a_hung_or_diverged_run_ends_itself_and_keeps_its_checkpoints(tmp_path, ffcv_dir):
+    """One run directory, three processes of the same command:
+
+    1. a slow first step and slow steps pass; the loader then blocks in C code after step 3: exit 76 within the
+       bound, the stack file names the blocked frame, summary.json says stalled, checkpoint_latest is intact;
+    2. the rerun resumes from it and stalls again, the second stall of a run allowed one restart: exit 1;
+    3. resumed at LR 1e6 the loss turns NaN: exit 1 after finite_loss.consecutive (2) logging steps, with the
+       paragraph, and neither checkpoint_latest nor best_model is written again (both load, finite).
+    """
     run_dir = tmp_path / "run"
+    latest, best = (run_dir / "checkpoints" / name for name in ("checkpoint_latest.ckpt", "best_model.ckpt"))
     # 2 steps per epoch: epoch 0 is saved (step 2), epoch 1's first batch is step 3, then the loader blocks.
     config = watchdog_config(
         tmp_path, ffcv_dir, [paced(first=1.5 * STALL_S, then=0.5 * STALL_S)], max_epochs=3, limit_train_batches=2
     )
-    first = CLIProcess("fit", "--config", str(config), env={BLOCK_AFTER_ENV: "3"})
+    command = ("fit", "--config", str(config))
+    first = CLIProcess(*command, env={BLOCK_AFTER_ENV: "3"})
     first.wait_for_line("step 3 done", timeout=240)
     step_3_done = time.monotonic()
     assert first.finish(timeout=60) == STALLED_EXIT_CODE, first.output
@@ -82,20 +93,38 @@ def test_a_blocked_loader_exits_76_with_its_stack_and_the_restarts_are_bounded(t
     assert "last progress: a training step, step 3, epoch 1" in stacks
     assert "in block_forever_for_tests" in stacks and "loading.py" in stacks  # the blocked frame, by name
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "stalled"
-    latest = run_dir / "checkpoints" / "checkpoint_latest.ckpt"
-    saved = assert_finite_checkpoint(latest)
-    assert saved["global_step"] == 2  # the epoch-0 save, untouched by the stall
+    assert assert_finite_checkpoint(latest)["global_step"] == 2  # the epoch-0 save, untouched by the stall
     stalls = json.loads((run_dir / "checkpoints" / STALL_COUNT_FILE).read_text())["stalls"]
     assert [(s["step"], s["stacks"]) for s in stalls] == [(3, str(stack_file))]
+    before = [file_state(path) for path in (latest, best)]
 
-    # The same command resumes from that checkpoint; it stalls again, the second time in this run: exit 1.
-    second = CLIProcess("fit", "--config", str(config), env={BLOCK_AFTER_ENV: "1"})
+    # 2. The same command (unpaced) resumes from that checkpoint and stalls again: the second stall, exit 1.
+    second = CLIProcess(*command, "--trainer.callbacks=[]", env={BLOCK_AFTER_ENV: "1"})
     assert second.finish(timeout=240) == 1, second.output
     assert f"Resuming from {latest}" in second.output
-    assert "step 3 done" in second.output  # the step count went on from the checkpoint's 2
+    assert "epoch 2/3 step 3 " in second.output  # the step count went on from the checkpoint's 2
     assert "this run has now stalled 2 times (watchdog.max_restarts 1): it is not retried again" in second.output
     assert len(list((run_dir / "stalls").glob("rank0-*.txt"))) == 2
-    assert load(latest)["global_step"] == 2
+
+    # 3. Resumed at LR 1e6 (6 steps per epoch now): NaN, stopped after 2 NaN logging steps in a row.
+    diverging = CLIProcess(
+        *command,
+        *("--trainer.callbacks=[]", "--trainer.limit_train_batches", "6", "--model.lr", "1e6"),
+        *("--resume_with", "config", "--finite_loss.consecutive", "2"),
+    )
+    assert diverging.finish() == 1, diverging.output
+    nan_steps = [int(line.split()[3]) for line in diverging.lines if line.startswith("epoch ") and "loss nan" in line]
+    assert nan_steps, diverging.output
+    stopped = (
+        f"the loss is NaN/Inf at 2 checks in a row (step {nan_steps[0]} loss, step {nan_steps[0] + 1} loss): "
+        f"the run diverged at step {nan_steps[0] + 1}, epoch 1, LR "
+    )
+    assert stopped in diverging.output
+    assert f"the last good one is {latest}" in diverging.output and "Traceback" not in diverging.output
+    assert [file_state(path) for path in (latest, best)] == before  # nothing written after the first NaN
+    for path in (latest, best):
+        assert_finite_checkpoint(path)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
 
 
 @pytest.mark.slow
@@ -170,40 +199,6 @@ def test_a_collective_timeout_exits_76(tmp_path):
     assert "Timed out waiting" in result.stderr and "not reached" not in result.stdout
     assert len(list((tmp_path / "stalls").glob("rank0-*.txt"))) == 1
     assert len(json.loads((tmp_path / "checkpoints" / STALL_COUNT_FILE).read_text())["stalls"]) == 1
-
-
-def file_state(path: Path) -> tuple[int, bytes]:
-    return path.stat().st_mtime_ns, path.read_bytes()
-
-
-@pytest.mark.slow
-def test_a_nan_loss_stops_with_exit_1_and_saves_no_nan_weights(tmp_path, ffcv_dir):
-    """Epoch 0 trains normally (latest and best saved); resumed at LR 1e6 the loss turns NaN: the run exits 1
-    within finite_loss.consecutive logging steps with the paragraph, and no checkpoint is written after the NaN."""
-    run_dir = tmp_path / "run"
-    config = watchdog_config(tmp_path, ffcv_dir, max_epochs=1, limit_train_batches=6)
-    good = CLIProcess("fit", "--config", str(config))
-    assert good.finish() == 0, good.output
-    checkpoints = [run_dir / "checkpoints" / name for name in ("checkpoint_latest.ckpt", "best_model.ckpt")]
-    before = [file_state(path) for path in checkpoints]
-
-    diverging = CLIProcess(
-        *("fit", "--config", str(config), "--trainer.max_epochs", "3", "--model.lr", "1e6"),
-        *("--resume_with", "config", "--finite_loss.consecutive", "2"),
-    )
-    assert diverging.finish() == 1, diverging.output
-    nan_steps = [int(line.split()[3]) for line in diverging.lines if line.startswith("epoch ") and "loss nan" in line]
-    assert nan_steps, diverging.output
-    stopped = (
-        f"the loss is NaN/Inf at 2 checks in a row (step {nan_steps[0]} loss, step {nan_steps[0] + 1} loss): "
-        f"the run diverged at step {nan_steps[0] + 1}, epoch 1, LR "
-    )
-    assert stopped in diverging.output
-    assert f"the last good one is {checkpoints[0]}" in diverging.output and "Traceback" not in diverging.output
-    assert [file_state(path) for path in checkpoints] == before  # nothing written after the first NaN
-    for path in checkpoints:
-        assert_finite_checkpoint(path)
-    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
 
 
 def test_a_stop_signal_during_a_nan_run_saves_no_nan_weights(tmp_path):
