@@ -139,7 +139,9 @@ class Watchdog(L.Callback):
             self._watchdog.beat("a validation batch", trainer.global_step, trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._watchdog is not None:  # after the epoch-end checkpoint (the checkpoint callback runs first)
+        # Lightning runs checkpoint callbacks last: the epoch-end save counts toward the next epoch's first step
+        # (seconds, against minutes).
+        if self._watchdog is not None:
             self._watchdog.beat("the end of an epoch", trainer.global_step, trainer.current_epoch)
 
     # -- the stall -----------------------------------------------------------------------------------------
