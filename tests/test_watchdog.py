@@ -34,7 +34,9 @@ from .spot_support import BASE_CONFIG, CLIProcess
 STALL_S = 3.0  # the stall bound of these tests: a few steps' time on a loaded 2-core machine
 
 
-def watchdog_config(tmp_path: Path, ffcv_dir: Path, callbacks: list | None = None, **trainer) -> Path:
+def watchdog_config(
+    tmp_path: Path, ffcv_dir: Path, callbacks: list | None = None, stall_s: float = STALL_S, **trainer
+) -> Path:
     """The spot tests' tiny run (ResNet-18, 32 px, no logger) with ``run_dir`` and a seconds-scale watchdog."""
     config = yaml.safe_load(BASE_CONFIG.read_text())
     config["run_dir"] = str(tmp_path / "run")
@@ -42,7 +44,7 @@ def watchdog_config(tmp_path: Path, ffcv_dir: Path, callbacks: list | None = Non
     config["data"]["data_dir"] = str(ffcv_dir)
     config["trainer"].update(logger=False, limit_val_batches=2, **trainer)
     config["trainer"]["callbacks"] = callbacks or []
-    config["watchdog"] = {"stall_minutes": STALL_S / 60, "first_step_minutes": 1.0, "max_restarts": 1}
+    config["watchdog"] = {"stall_minutes": stall_s / 60, "first_step_minutes": 1.0, "max_restarts": 1}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -83,7 +85,9 @@ def test_a_hung_or_diverged_run_ends_itself_and_keeps_its_checkpoints(tmp_path, 
     first = CLIProcess(*command, env={BLOCK_AFTER_ENV: "3"})
     first.wait_for_line("step 3 done", timeout=240)
     step_3_done = time.monotonic()
+    children = psutil.Process(first.process.pid).children(recursive=True)
     assert first.finish(timeout=60) == STALLED_EXIT_CODE, first.output
+    assert [p.pid for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
     # Step 3 ends after its paced sleep; then the stall bound, one poll, the stack dump and the exit.
     assert time.monotonic() - step_3_done < 0.5 * STALL_S + STALL_S + 5, first.output
     (stack_file,) = (run_dir / "stalls").glob("rank0-*.txt")
@@ -131,10 +135,12 @@ def test_a_hung_or_diverged_run_ends_itself_and_keeps_its_checkpoints(tmp_path, 
 def test_a_frozen_ddp_rank_ends_the_whole_run_with_76(tmp_path, ffcv_dir):
     """2-rank CPU DDP; rank 1 gets SIGSTOP mid-epoch, so rank 0 waits in the gradient all-reduce. Rank 0's
     watchdog exits 76 within the bound and kills the stopped rank it launched: no process of the run remains."""
+    stall_s = 2 * STALL_S  # a DDP step on two loaded cores takes longer
     config = watchdog_config(
         tmp_path,
         ffcv_dir,
         [paced(first=0.0, then=0.2)],
+        stall_s=stall_s,
         strategy="ddp",
         devices=2,
         max_epochs=1,
@@ -144,13 +150,14 @@ def test_a_frozen_ddp_rank_ends_the_whole_run_with_76(tmp_path, ffcv_dir):
     run = CLIProcess("fit", "--config", str(config), env=env)
     run.wait_for_line("step 3 done", timeout=240)
     rank0 = psutil.Process(run.process.pid)
+    descendants = rank0.children(recursive=True)
     (rank1,) = rank0.children()  # Lightning's launcher started rank 1 as rank 0's child
     rank1.send_signal(signal.SIGSTOP)
     stopped_at = time.monotonic()
     assert run.finish(timeout=120) == STALLED_EXIT_CODE, run.output
-    assert time.monotonic() - stopped_at < STALL_S + 6, run.output
+    assert time.monotonic() - stopped_at < stall_s + 6, run.output
     assert "rank 0 stalled: no training step or validation batch completed" in run.output
-    assert not rank1.is_running() or rank1.status() == psutil.STATUS_ZOMBIE
+    assert [p.pid for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
     leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(config) in " ".join(p.info["cmdline"] or [])]
     assert leftovers == [], leftovers
 
