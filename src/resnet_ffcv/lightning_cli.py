@@ -415,6 +415,9 @@ def run(argv: list[str]) -> None:
     except RuntimeError as error:
         if not is_collective_timeout(error):  # the watchdog callback exits 76 on these inside fit; this is the
             raise  # rest (a rendezvous or a collective outside the training loop)
-        print(f"resnet-ffcv {subcommand}: a collective timed out ({error}); exiting with code {STALLED_EXIT_CODE}")
+        print(
+            f"resnet-ffcv {subcommand}: a collective timed out ({error}); exiting with code {STALLED_EXIT_CODE}",
+            file=sys.stderr,
+        )
         kill_descendants()
         sys.exit(STALLED_EXIT_CODE)
