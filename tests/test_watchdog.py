@@ -187,6 +187,7 @@ print("not reached")
 """
 
 
+@pytest.mark.slow  # two interpreters, one importing Lightning: ~15 s on 2 cores
 def test_a_collective_timeout_exits_76(tmp_path):
     """gloo raises once a collective outlives the process group's timeout: the watchdog turns that into exit 76
     with a stack file and a counted stall, as for a hang (not a traceback and exit 1)."""
