@@ -12,12 +12,16 @@
 # Exit codes:
 #   0   finished (max_epochs or the target accuracy reached)
 #   75  interrupted (spot notice, SIGTERM, SIGINT) with checkpoint_latest.ckpt saved: rerun this same command
+#   76  stalled (no progress for watchdog.stall_minutes, or a collective timed out); checkpoint_latest.ckpt is the
+#       last one saved: rerun this same command. fit counts the stalls of a run in the checkpoint directory and
+#       exits 1 after watchdog.max_restarts of them, so rerunning on 76 is bounded.
 #   1   training failed
 #   2   a check failed before training started
 # Environment: PYTHON runs resnet_ffcv (default: the repository's .venv/bin/python if present, else python).
 set -uo pipefail
 
 INTERRUPTED=75
+STALLED=76
 repo_python="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python"
 [[ -x $repo_python ]] || repo_python=python
 PYTHON=${PYTHON:-$repo_python}
@@ -60,5 +64,9 @@ done
 case $rc in
   0) say "finished"; exit 0 ;;
   "$INTERRUPTED") say "interrupted; checkpoint_latest.ckpt saved: rerun this same command to resume"; exit "$INTERRUPTED" ;;
+  "$STALLED")
+    say "stalled (stacks in the run directory's stalls/, paragraph above); checkpoint_latest.ckpt is untouched:"
+    say "rerun this same command to resume (fit allows watchdog.max_restarts stalls per run, then fails with 1)"
+    exit "$STALLED" ;;
   *) say "training failed (resnet-ffcv exit code $rc)"; exit 1 ;;
 esac

@@ -15,6 +15,7 @@
 #
 # Exit codes (SkyPilot's managed-job controller reads them, see job_recovery in the task files):
 #   0 finished -> the job SUCCEEDS and ends          75 interrupted, checkpoint in the bucket -> recovered
+#   76 stalled (watchdog) -> recovered; bounded by fit itself: the stall after watchdog.max_restarts exits 1
 #   1 training failed -> retried max_restarts_on_errors times, then FAILED     2 a check failed (same as 1)
 set -uo pipefail
 cd "$(dirname "$0")/.."

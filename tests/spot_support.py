@@ -51,6 +51,20 @@ class SlowSteps(L.Callback):
         time.sleep(self.seconds)
 
 
+class PacedSteps(L.Callback):
+    """Prints ``step N done`` after each training batch, then sleeps ``first`` seconds after the process's first
+    step and ``then`` after every other one: a slow start and a slow but steady run (the watchdog tests)."""
+
+    def __init__(self, first: float = 0.0, then: float = 0.0):
+        self.first, self.then = first, then
+        self._steps = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        print(f"step {trainer.global_step} done", flush=True)
+        time.sleep(self.first if self._steps == 0 else self.then)
+        self._steps += 1
+
+
 class CLIProcess:
     """``resnet-ffcv ARGS`` in the background; a thread collects its output (stdout and stderr merged)."""
 

@@ -32,6 +32,7 @@ def test_cpu_config_with_data_passes(capsys, ffcv_dir):
     code, out = run_doctor(capsys, f"--data.data_dir={ffcv_dir}")
     assert "[PASS] data train.ffcv" in out and "[PASS] data val.ffcv" in out
     assert "[PASS] W&B: offline mode" in out
+    assert "[PASS] run safety: checkpoint_latest every epoch, a periodic one every 2; a hang costs at most " in out
     assert code == 0, out
 
 

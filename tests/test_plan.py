@@ -101,6 +101,12 @@ def test_plan_p4d_config_on_this_cpu(capsys, tmp_path):
     # p4d validates every 5th epoch and the last 10 (20 of 60), raw + EMA with flip TTA: 4 passes of 50,000 images.
     assert "validation: 20 of 60 epochs" in out and "4 passes of 50,000 images at 256 px" in out
     assert saved["validation_seconds"] > 0
+    # Beside the checkpoint cadence, what a hang costs on these 8 GPUs at $11/h: 10 min = $1.83.
+    assert (
+        "note: checkpoint_latest every epoch, a periodic one every 5; a hang costs at most 10 min of 8 GPU(s) = "
+        "$1.83 (30 min = $5.50 at a first step), then exit 76, relaunched at most 3 times per run; collective "
+        "timeout 15 min; a NaN/Inf loss at 3 checks in a row exits 1, never saved"
+    ) in out
 
 
 def test_plan_compiles_on_the_cpu_when_asked(capsys, ffcv_dir, tmp_path):

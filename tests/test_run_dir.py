@@ -68,6 +68,7 @@ def test_paths_default_from_run_dir_and_an_explicit_path_wins(tmp_path):
     assert config.trainer.logger.init_args.save_dir == str(run / "logs")
     assert config.trainer.default_root_dir == str(run)
     assert (config.summary.path, config.metrics_csv.path) == (str(run / "summary.json"), str(run / "metrics.csv"))
+    assert config.watchdog.stall_dir == str(run / "stalls")  # the stall watchdog's stack files
 
     # One path set on its own (a later config, as a user layers them): it wins, the others still follow run_dir.
     (tmp_path / "paths.yaml").write_text(yaml.safe_dump({"checkpoint": {"dirpath": str(tmp_path / "elsewhere")}}))

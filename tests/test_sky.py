@@ -24,6 +24,7 @@ import torch
 from resnet_ffcv.callbacks.spot import INTERRUPTED_EXIT_CODE
 from resnet_ffcv.dataset.format import validate_ffcv
 from resnet_ffcv.lightning_cli import parse_config_only
+from resnet_ffcv.run.stop_signals import STALLED_EXIT_CODE
 from resnet_ffcv.run.storage import MARKER_SUFFIX, RemoteCheckpointDir
 
 from .helpers import REPO, free_port, run_cli
@@ -73,7 +74,8 @@ def test_task_file_parses_and_matches_its_training_config(path):
     assert task.use_spot
     recovery = task.job_recovery
     assert recovery["strategy"] in ("EAGER_NEXT_REGION", "FAILOVER")
-    assert recovery["recover_on_exit_codes"] == [INTERRUPTED_EXIT_CODE]  # interrupted: always relaunched
+    # Interrupted: always relaunched; stalled: relaunched, bounded by the run's own count (watchdog.max_restarts).
+    assert recovery["recover_on_exit_codes"] == [INTERRUPTED_EXIT_CODE, STALLED_EXIT_CODE]
     assert 0 < recovery["max_restarts_on_errors"] <= 3  # a real failure is not retried forever
     assert task.run.strip() == "bash sky/run.sh" and task.setup.strip() == "make install"
     # The GPUs SkyPilot asks for are the ones the training config uses, per node and in nodes.
@@ -87,6 +89,10 @@ def test_task_file_parses_and_matches_its_training_config(path):
     with pytest.raises(ValueError, match="DATA_URL"):
         load_task(path, overrides=REQUIRED[1:])
     assert task.envs["CHECKPOINT_URL"].startswith("s3://")
+    # A hang ends the run within minutes (not torch's 30-minute collective timeout), and 76 is retried finitely.
+    watchdog = config.watchdog
+    assert watchdog.enabled and 0 < watchdog.max_restarts <= 5
+    assert watchdog.stall_minutes < watchdog.collective_timeout_minutes < 30
 
 
 def skypilot_workdir(root: Path) -> Path:

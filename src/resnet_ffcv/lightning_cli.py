@@ -5,14 +5,16 @@
 and a W&B logger continues the same run. Before training it guards the directory (docs/spot-safety.md): one
 ``fit`` per directory (a lock), writable with room for the checkpoints, no silent start from scratch over
 unloadable checkpoints, no silent change of hyperparameters, and a finished run is not trained again.
-Exit codes: 0 finished, 75 interrupted with a checkpoint saved (rerun the same command), 74 disk full during a
-save, 2 a check before training refused, anything else failed. A user's mistake
+Exit codes: 0 finished, 75 interrupted with a checkpoint saved (rerun the same command), 76 stalled (no progress
+for ``watchdog.stall_minutes`` or a collective timed out; rerun, a bounded number of times), 74 disk full during a
+save, 2 a check before training refused, 1 (or anything else) failed, a NaN/Inf loss included. A user's mistake
 (:class:`resnet_ffcv.errors.UserError`) is one paragraph, no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import signal
 import sys
@@ -23,17 +25,20 @@ from typing import Literal
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from resnet_ffcv import atomic
 from resnet_ffcv.callbacks.checkpointing import DEFAULT_DIRPATH, SpotCheckpoint
 from resnet_ffcv.callbacks.cost import CostMonitor
+from resnet_ffcv.callbacks.finite_loss import FiniteLossGuard
 from resnet_ffcv.callbacks.metrics_csv import MetricsCSV
 from resnet_ffcv.callbacks.progress import ProgressPrinter
 from resnet_ffcv.callbacks.resolution import ResolutionMonitor
 from resnet_ffcv.callbacks.run_summary import RunSummary
 from resnet_ffcv.callbacks.spot import SpotInterruption, TrainingInterrupted
 from resnet_ffcv.callbacks.target_accuracy import TargetAccuracyStop
+from resnet_ffcv.callbacks.watchdog import Watchdog
 from resnet_ffcv.config_checks import ConfigError, check_fit_config
 from resnet_ffcv.data.datamodule import FFCVDataModule
 from resnet_ffcv.data.resolution import ResolutionSchedule
@@ -54,8 +59,9 @@ from resnet_ffcv.run.resume import (
     resolve_resume_path,
     settings_differences,
 )
-from resnet_ffcv.run.stop_signals import STOP, StopSignals
+from resnet_ffcv.run.stop_signals import STALLED_EXIT_CODE, STOP, StopSignals
 from resnet_ffcv.run.wandb_setup import fall_back_to_offline_without_credentials, is_wandb_logger, prepare_wandb_logger
+from resnet_ffcv.run.watchdog import is_collective_timeout, kill_descendants
 from resnet_ffcv.run_dir import (
     FIT_ONLY_OPTIONS,
     RUN_OPTION,
@@ -139,6 +145,9 @@ class ResNetCLI(LightningCLI):
         # sections (validate/predict read the same config files); only fit builds them (instantiate_trainer).
         parser.add_class_arguments(SpotCheckpoint, "checkpoint", instantiate=False)
         parser.add_class_arguments(SpotInterruption, "spot", instantiate=False)
+        # A run that cannot make progress ends itself: a hang exits 76 (watchdog), a NaN loss exits 1 (finite_loss).
+        parser.add_class_arguments(Watchdog, "watchdog", instantiate=False)
+        parser.add_class_arguments(FiniteLossGuard, "finite_loss", instantiate=False)
 
     def before_instantiate_classes(self) -> None:
         # Here, on the parsed config, because the callbacks, logger and trainer are built from it next: a default
@@ -175,11 +184,20 @@ class ResNetCLI(LightningCLI):
             configured = trainer_config.get("callbacks") or []
             configured = configured if isinstance(configured, list) else [configured]
             kwargs["callbacks"] = [*configured, *self._section_callbacks()]
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand == "fit":
+            apply_collective_timeout(trainer, self._get(self.config_init, "watchdog").collective_timeout_minutes)
+        return trainer
 
     def _section_callbacks(self) -> list:
         built = []
-        for section, cls in (("checkpoint", SpotCheckpoint), ("spot", SpotInterruption)):
+        sections = (
+            ("checkpoint", SpotCheckpoint),
+            ("spot", SpotInterruption),
+            ("watchdog", Watchdog),
+            ("finite_loss", FiniteLossGuard),
+        )
+        for section, cls in sections:
             arguments = self._get(self.config_init, section).as_dict()
             try:
                 built.append(cls(**arguments))
@@ -350,6 +368,13 @@ def parse_tool_args(
     return own.parse_known_args(argv)
 
 
+def apply_collective_timeout(trainer: Trainer, minutes: float | None) -> None:
+    """``watchdog.collective_timeout_minutes`` as the DDP process group's timeout (DDPStrategy's ``timeout``,
+    set before the strategy creates the group): a collective waiting past it raises instead of waiting 30 min."""
+    if minutes is not None and isinstance(trainer.strategy, DDPStrategy):
+        trainer.strategy._timeout = datetime.timedelta(minutes=minutes)
+
+
 def checkpoint_dirpath(config) -> Path:
     """``checkpoint.dirpath`` of a parsed fit config, as ``fit`` will use it (null: the default directory)."""
     return Path(config.checkpoint.dirpath or DEFAULT_DIRPATH)
@@ -387,3 +412,12 @@ def run(argv: list[str]) -> None:
         if debug_enabled():
             raise
         sys.exit(f"{' '.join(filter(None, ('resnet-ffcv', subcommand)))}: error: {error}")
+    except RuntimeError as error:
+        if not is_collective_timeout(error):  # the watchdog callback exits 76 on these inside fit; this is the
+            raise  # rest (a rendezvous or a collective outside the training loop)
+        print(
+            f"resnet-ffcv {subcommand}: a collective timed out ({error}); exiting with code {STALLED_EXIT_CODE}",
+            file=sys.stderr,
+        )
+        kill_descendants()
+        sys.exit(STALLED_EXIT_CODE)

@@ -6,6 +6,7 @@
     <run_dir>/logs/                     the logger's save_dir (W&B: logs/wandb/...)
     <run_dir>/metrics.csv               every logged value, kept across spot restarts (``resnet-ffcv curves``)
     <run_dir>/summary.json              best/final accuracy, checkpoints, wall time, images/s, cost, status
+    <run_dir>/stalls/                   the stall watchdog's stack files, rank<k>-<time>.txt (exit 76)
     <run_dir>/predictions/              ``predict``: predictions.csv and its config.yaml
     <run_dir>/validate/, test/          ``validate``/``test``: their config.yaml (and logs/ with a logger)
 
@@ -36,6 +37,7 @@ from resnet_ffcv.run.resume import BEST_NAME, LATEST_NAME
 CONFIG_NAME = "config.yaml"
 SUMMARY_NAME = "summary.json"
 METRICS_NAME = "metrics.csv"
+STALLS_NAME = "stalls"
 # Where each subcommand's saved config.yaml goes, relative to the run directory (fit's is the run's own).
 SUBCOMMAND_DIRS = {"fit": ".", "predict": "predictions"}
 CHECKPOINTS_NAME = "checkpoints"
@@ -123,6 +125,8 @@ def apply_run_dir(config: Any) -> None:
     for entry in _entries(trainer.get("callbacks")):
         if (cls := _class_of(entry)) is not None and cls.__name__ == "PredictionWriter":
             _fill(entry.get("init_args"), "output", cls, run_dir / "predictions" / "predictions.csv")
+    if config.get("watchdog") is not None and config["watchdog"].get("stall_dir") is None:
+        config["watchdog"]["stall_dir"] = str(run_dir / STALLS_NAME)
     for section, name in (("summary", SUMMARY_NAME), ("metrics_csv", METRICS_NAME)):
         if config.get(section) is not None and config[section].get("path") is None:
             config[section]["path"] = str(run_dir / name)

@@ -26,6 +26,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from resnet_ffcv import atomic
 from resnet_ffcv.errors import InvalidValue
 from resnet_ffcv.run import checkpoint_lock
+from resnet_ffcv.run.finite import TrainingDiverged, non_finite_tensors
 from resnet_ffcv.run.resume import (
     BEST_NAME,
     CHECKSUM_SUFFIX,
@@ -37,6 +38,7 @@ from resnet_ffcv.run.resume import (
     periodic_name,
     write_checksum,
 )
+from resnet_ffcv.run.stall_count import STALL_COUNT_FILE
 from resnet_ffcv.run.storage import RemoteCheckpointDir, is_url
 
 # Test seam: seconds to pause after the bytes are written and before the rename, when the write replaces an
@@ -88,6 +90,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
 
+def refuse_non_finite(trainer: L.Trainer, path: Path) -> None:
+    """Raises :class:`TrainingDiverged` instead of saving weights or EMA that hold NaN/Inf over a good file.
+
+    Every save goes through here (epoch end, spot notice, SIGTERM; best and periodic files are links to the
+    latest), so a diverged model never replaces a checkpoint. Each rank checks its own (identical) copy: all
+    ranks refuse together, none waits in the save's barrier.
+    """
+    bad = non_finite_tensors(trainer.lightning_module.state_dict())
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        raise TrainingDiverged(
+            f"refusing to save {path}: {len(bad)} tensors of the model hold NaN/Inf ({shown}); the run diverged "
+            f"by step {trainer.global_step}, epoch {trainer.current_epoch}, LR {lr:.4g}. Nothing was written: "
+            f"the checkpoints in {path.parent} are the last good ones. Exit code 1 (a divergence is not retried); "
+            "lower model.lr (or raise model.warmup_epochs), then rerun to resume from the last good checkpoint."
+        )
+
+
 DEFAULT_DIRPATH = "checkpoints"  # relative to the working directory, when ``checkpoint.dirpath`` is null
 
 
@@ -134,7 +155,7 @@ class SpotCheckpoint(ModelCheckpoint):
         self.remote: RemoteCheckpointDir | None = None
         if is_url(dirpath):  # object storage: files go to a local mirror, then the bucket (storage.py)
             self.remote = RemoteCheckpointDir(str(dirpath))
-            for note in self.remote.hydrate(LATEST_NAME, (WANDB_ID_FILE,)):
+            for note in self.remote.hydrate(LATEST_NAME, (WANDB_ID_FILE, STALL_COUNT_FILE)):
                 rank_zero_info(note)
             dirpath = str(self.remote.local)
         super().__init__(
@@ -201,6 +222,7 @@ class SpotCheckpoint(ModelCheckpoint):
     def save_latest(self, trainer: L.Trainer) -> Path:
         """Writes the latest checkpoint (``LATEST_NAME``) now; every rank must call it (the save ends in a barrier)."""
         path = self.directory / LATEST_NAME
+        refuse_non_finite(trainer, path)
         self.last_model_path = str(path)
         started = time.perf_counter()
         self._save_checkpoint(trainer, str(path))

@@ -25,6 +25,8 @@ from resnet_ffcv import atomic
 from resnet_ffcv.callbacks.cost import CostMonitor, images_in_batch
 from resnet_ffcv.callbacks.spot import TrainingInterrupted
 from resnet_ffcv.callbacks.target_accuracy import TargetAccuracyStop
+from resnet_ffcv.run.finite import TrainingDiverged
+from resnet_ffcv.run.watchdog import is_collective_timeout
 
 # What ImageClassifier logs at validation (config_checks.validation_metrics): raw, EMA, and the better of the two.
 TRACKED = tuple(f"val/{name}{suffix}" for suffix in ("_best", "", "_ema") for name in ("acc1", "acc5"))
@@ -36,7 +38,7 @@ def _now() -> str:
 
 class RunSummary(L.Callback):
     """Best and final top-1/top-5 (raw, EMA and the better of the two), best epoch, checkpoint paths, wall time,
-    images/s, cost and status (finished / target_reached / interrupted / failed).
+    images/s, cost and status (finished / target_reached / interrupted / stalled / diverged / failed).
 
     Args:
         path: where ``summary.json`` goes (written atomically on rank 0); null: printed only. The CLI always adds
@@ -120,12 +122,17 @@ class RunSummary(L.Callback):
             "ended": _now(),
         }
 
+    def write_file(self, trainer: L.Trainer, status: str) -> dict[str, Any]:
+        """``summary.json`` alone (rank 0): also from the stall watchdog's thread, which must not wait on W&B."""
+        summary = self.summary(trainer, status)
+        if self.path is not None and trainer.is_global_zero:
+            atomic.write_text(self.path, json.dumps(summary, indent=2) + "\n")
+        return summary
+
     def _report(self, trainer: L.Trainer, status: str) -> None:
         if not trainer.is_global_zero:
             return
-        summary = self.summary(trainer, status)
-        if self.path is not None:
-            atomic.write_text(self.path, json.dumps(summary, indent=2) + "\n")
+        summary = self.write_file(trainer, status)
         rank_zero_info(format_summary(summary, self.path))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
@@ -142,8 +149,13 @@ class RunSummary(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if trainer.state.fn != "fit":  # a failed validate/predict says nothing about the run: its summary stays
             return
-        interrupted = isinstance(exception, (TrainingInterrupted, KeyboardInterrupt))
-        self._report(trainer, "interrupted" if interrupted else "failed")
+        if isinstance(exception, (TrainingInterrupted, KeyboardInterrupt)):
+            status = "interrupted"
+        elif isinstance(exception, TrainingDiverged):
+            status = "diverged"
+        else:
+            status = "stalled" if is_collective_timeout(exception) else "failed"
+        self._report(trainer, status)
 
 
 def wandb_summary(summary: dict[str, Any]) -> dict[str, Any]:

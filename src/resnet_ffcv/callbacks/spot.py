@@ -11,7 +11,8 @@ nothing new to save. On an epoch's last batch the stop waits for that epoch's va
 checkpoint and happens at the next epoch's start.
 
 Exit codes of ``resnet-ffcv fit``: 0 finished (max_epochs or target accuracy), 75 interrupted with
-``checkpoint_latest.ckpt`` saved (rerun the same command), anything else failed.
+``checkpoint_latest.ckpt`` saved (rerun the same command), 76 stalled (``callbacks/watchdog.py``), anything else
+failed; the table is in docs/spot-safety.md.
 """
 
 from __future__ import annotations

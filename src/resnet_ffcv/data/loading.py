@@ -94,9 +94,13 @@ class EpochLoader:
         before_epoch: called just before an epoch starts; returns the epoch whose order to serve.
     """
 
-    def __init__(self, loader, before_epoch: Callable[[EpochLoader], int] | None = None):
+    def __init__(
+        self, loader, before_epoch: Callable[[EpochLoader], int] | None = None, block_after: int | None = None
+    ):
         self.loader = loader
         self.before_epoch = before_epoch
+        self.block_after = block_after  # the test seam below: hang before batch block_after + 1 of this process
+        self.served = 0
         self.order: ResumableOrder | None = (
             loader.traversal_order if isinstance(loader.traversal_order, ResumableOrder) else None
         )
@@ -125,6 +129,9 @@ class EpochLoader:
         live = self._live = iter(self.loader)
         try:
             for batch in live:
+                if self.block_after is not None and self.served >= self.block_after:
+                    block_forever_for_tests()
+                self.served += 1
                 self.batches_done += 1
                 yield batch
         finally:
@@ -147,6 +154,22 @@ class EpochLoader:
 
     def load_state_dict(self, state_dict: dict) -> None:
         pass
+
+
+# Test seam: the training loader of this process hands out this many batches, then blocks forever in C code (a
+# read from a pipe nobody writes), as a deadlocked loader or a dead disk would. The stall watchdog's tests only.
+BLOCK_AFTER_ENV = "RESNET_FFCV_TEST_TRAIN_LOADER_BLOCKS_AFTER"
+
+
+def block_after_from_env() -> int | None:
+    value = os.environ.get(BLOCK_AFTER_ENV, "").strip()
+    return int(value) if value else None
+
+
+def block_forever_for_tests() -> None:
+    """Never returns: ``os.read`` of an empty pipe waits in the kernel with the GIL released."""
+    never_written, _keep_open = os.pipe()
+    os.read(never_written, 1)
 
 
 def stop_epoch_iterator(iterator) -> None:
@@ -221,7 +244,7 @@ def train_loader(
         **loader_args,
     )
     loader.traversal_order = ResumableOrder(loader.traversal_order, batch_size, drop_last)
-    wrapped = EpochLoader(loader, before_epoch=before_epoch)
+    wrapped = EpochLoader(loader, before_epoch=before_epoch, block_after=block_after_from_env())
     wrapped.decoder = decoder
     return wrapped
 

@@ -12,6 +12,9 @@ import threading
 from types import FrameType
 
 INTERRUPTED_EXIT_CODE = 75  # sysexits.h EX_TEMPFAIL: "temporary failure, rerun me"
+# No progress for watchdog.stall_minutes, or a collective timed out (run/watchdog.py): the process ended itself;
+# checkpoint_latest.ckpt is the last one saved (untouched). Retryable, a bounded number of times per run.
+STALLED_EXIT_CODE = 76
 HANDLED = (signal.SIGTERM, signal.SIGINT)
 
 

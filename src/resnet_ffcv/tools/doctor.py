@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from resnet_ffcv.callbacks.watchdog import describe_run_safety
 from resnet_ffcv.config_checks import fit_config_problems
 from resnet_ffcv.dataset.format import CLASSES_FILE, load_classes, validate_ffcv
 from resnet_ffcv.lightning_cli import checkpoint_dirpath, parse_config_only, parse_tool_args
@@ -228,7 +229,18 @@ def run_checks(config, ckpt_path: str | None = None) -> list[Check]:
         check_shared_memory(),
         check_wandb(logger_class, logger.get("init_args") if logger is not None else None),
         check_config_values(config),
+        Check("run safety", True, describe_run_safety(config, _gpus(trainer), float(config.cost.price_per_hour))),
     ]
+
+
+def _gpus(trainer) -> int:
+    """Devices per node x nodes, as the config asks (``auto``: one per visible GPU, at least one)."""
+    devices = trainer.devices
+    if isinstance(devices, (list, tuple)):
+        devices = len(devices)
+    elif devices in ("auto", -1, "-1", None):
+        devices = max(1, torch.cuda.device_count())
+    return int(devices) * int(trainer.num_nodes or 1)
 
 
 def doctor(argv: list[str]) -> int:

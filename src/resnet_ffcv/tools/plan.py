@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from resnet_ffcv.callbacks.watchdog import describe_run_safety
 from resnet_ffcv.lightning_cli import parse_config_only, parse_tool_args
 from resnet_ffcv.tools import disk_speed
 
@@ -356,6 +357,7 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
         config, projections, devices_per_node * nodes, _val_images(config)
     )
     notes.append(validation_note)
+    notes.append(describe_run_safety(config, devices_per_node * nodes, _price_of(config, own.price_per_hour)))
     plan = Plan(
         projections,
         devices_per_node * nodes,
