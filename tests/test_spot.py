@@ -51,6 +51,8 @@ def test_spot_notice_and_sigterm_save_mid_epoch_and_exit_75(tmp_path, ffcv_dir, 
     # 1. The notice arrives once epoch 0 is done and saved, i.e. while epoch 1 trains.
     first = CLIProcess(*command)
     first.wait_for(lambda: (checkpoints / "checkpoint_latest.ckpt").exists(), "the epoch-0 checkpoint")
+    # Training again (not still in epoch 0's save): a notice before this batch would find nothing new to save.
+    first.wait_for_line(f"step {STEPS_PER_EPOCH + 1} (batch 1/")
     imds.armed.set()
     code = first.finish()
     exited_after = time.monotonic() - imds.notice_served_at
