@@ -56,7 +56,8 @@ class FFCVDataModule(L.LightningDataModule):
         quasi_random_pages: pages each rank keeps open at once in ``quasi_random`` order (FFCV's own order uses
             2 x batch size; a fixed count keeps the order independent of the batch size). With ``os_cache:
             false`` about this many pages (8 MiB each as our writer writes them) per rank are held in memory.
-        os_cache: memory-map the file and let the OS page cache hold what fits. Where RAM < file: ``random``
+        os_cache: memory-map train.ffcv and let the OS page cache hold what fits (val.ffcv always is: each rank's
+            slice of it touches every page, and the page cache shares one read). Where RAM < file: ``random``
             needs it on (``false``, FFCV's own cache, would hold nearly the whole file in process memory), but
             then reads the file many times per epoch; ``quasi_random`` with ``false`` reads each page once
             (benchmarks/ddp_memory_limit.py, docs/data-loading.md).
@@ -280,12 +281,16 @@ class FFCVDataModule(L.LightningDataModule):
         self._standalone_epoch = self._resume["epoch"]
 
     # -- loaders ---------------------------------------------------------------------------------------------
-    def _loader_args(self) -> dict[str, Any]:
-        """The FFCV ``Loader`` arguments every split shares."""
+    def _loader_args(self, train: bool = False) -> dict[str, Any]:
+        """The FFCV ``Loader`` arguments every split shares; ``os_cache`` is the train file's only.
+
+        Evaluation always memory-maps: in file order, each rank's slice ``rank::world`` touches every page, so
+        FFCV's own cache would read the whole file once per rank, where the page cache shares one read.
+        """
         devices = self.trainer.num_devices if self.trainer is not None else 1
         return {
             "num_workers": self.hparams.num_workers or cores_per_rank(devices),
-            "os_cache": self.hparams.os_cache,
+            "os_cache": self.hparams.os_cache if train else True,
             "seed": self.hparams.seed,
             "batches_ahead": self.hparams.batches_ahead,
         }
@@ -305,7 +310,7 @@ class FFCVDataModule(L.LightningDataModule):
             before_epoch=self._start_train_epoch,
             ranks=(self.global_rank, self.world_size),
             quasi_random_pages=self.hparams.quasi_random_pages,
-            **self._loader_args(),
+            **self._loader_args(train=True),
         )
 
     def _start_train_epoch(self, loader: EpochLoader) -> int:
