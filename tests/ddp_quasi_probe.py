@@ -3,9 +3,10 @@
     python tests/ddp_quasi_probe.py DATA_DIR OUT_DIR
 
 Fit A runs epoch 0 and 3 batches of epoch 1, saves a checkpoint there (as a spot notice would) and stops; fit B,
-a fresh Trainer, datamodule and model, resumes from it and finishes epoch 1. Each rank writes what each fit fed
-it and how many page slots FFCV's own cache (os_cache false) allocated per epoch. Lightning's ``ddp`` strategy
-starts rank 1 by running this same command again; both fits run in both processes.
+a fresh Trainer and model, resumes from it and finishes epoch 1. Only the checkpoint's state crosses over: the
+datamodule object is reused (its loaders skip a second pipeline compile) but loads that state like a new one.
+Each rank writes what each fit fed it and how many page slots FFCV's own cache (os_cache false) allocated per
+epoch. Lightning's ``ddp`` strategy starts rank 1 by running this same command again; both fits run in both.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from helpers import quiet_trainer
 
 from resnet_ffcv.data.datamodule import FFCVDataModule
 
-BATCH, PAGES, STOP_AT = 20, 4, (1, 3)  # 200 samples per rank: 10 batches an epoch; stop after 3 of epoch 1
+BATCH, PAGES, STOP_AT = 10, 2, (1, 3)  # 200 samples per rank: 20 batches an epoch; stop after 3 of epoch 1
 
 
 class StopAt(L.Callback):
@@ -45,7 +46,15 @@ class Slots(L.Callback):
             self.per_epoch.append(live.memory_context.schedule.num_slots)
 
 
-def fit(data_dir: str, callbacks: list, ckpt_path: str | None = None) -> tuple[ProbeModule, L.Trainer]:
+def fit(data: FFCVDataModule, callbacks: list, ckpt_path: str | None = None) -> tuple[ProbeModule, L.Trainer]:
+    model = ProbeModule(num_classes=400)
+    trainer = quiet_trainer(strategy="ddp", devices=2, max_epochs=2, limit_val_batches=0, callbacks=callbacks)
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    return model, trainer
+
+
+def main(data_dir: str, out_dir: str) -> None:
+    checkpoint = Path(out_dir) / "mid.ckpt"
     data = FFCVDataModule(
         data_dir,
         batch_size=BATCH,
@@ -56,17 +65,9 @@ def fit(data_dir: str, callbacks: list, ckpt_path: str | None = None) -> tuple[P
         os_cache=False,
         quasi_random_pages=PAGES,
     )
-    model = ProbeModule(num_classes=400)
-    trainer = quiet_trainer(strategy="ddp", devices=2, max_epochs=2, limit_val_batches=0, callbacks=callbacks)
-    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
-    return model, trainer
-
-
-def main(data_dir: str, out_dir: str) -> None:
-    checkpoint = Path(out_dir) / "mid.ckpt"
     slots = Slots()
-    first, trainer = fit(data_dir, [StopAt(checkpoint), slots])
-    second, _ = fit(data_dir, [], str(checkpoint))
+    first, trainer = fit(data, [StopAt(checkpoint), slots])
+    second, _ = fit(data, [], str(checkpoint))
     record = {"first": first.train_seen, "second": second.train_seen, "slots": slots.per_epoch}
     (Path(out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 

@@ -39,10 +39,10 @@ def page_of(paged_dir) -> np.ndarray:
     return sample_pages(Reader(str(paged_dir / "train.ffcv")))
 
 
-def rank_orders(page_of, epoch: int, world: int, seed: int = 0) -> list[np.ndarray]:
+def rank_orders(page_of, epoch: int, world: int, seed: int = 0, pages: int = PAGES) -> list[np.ndarray]:
     """Each rank builds its own order object, as each DDP process does."""
     return [
-        QuasiRandomOrder(page_of, np.arange(SAMPLES), seed, rank, world, PAGES).sample_order(epoch)
+        QuasiRandomOrder(page_of, np.arange(SAMPLES), seed, rank, world, pages).sample_order(epoch)
         for rank in range(world)
     ]
 
@@ -99,16 +99,17 @@ def test_ddp_resume_mid_epoch_serves_exactly_the_rest_of_the_uninterrupted_order
     for rank, record in enumerate(ranks):
         # What the real loaders served is the order module's order for this rank: epoch 0 whole, epoch 1 split
         # over the two fits, the resumed fit numbering its batches on from 3.
-        expected = [rank_orders(page_of, epoch, 2)[rank].tolist() for epoch in (0, 1)]
+        expected = [rank_orders(page_of, epoch, 2, pages=2)[rank].tolist() for epoch in (0, 1)]
         epoch0 = [x for e, _, _, labels in record["first"] if e == 0 for x in labels]
         assert epoch0 == expected[0], f"rank {rank}: epoch 0 is not the quasi-random order of (seed 0, epoch 0)"
         head = [x for e, _, _, labels in record["first"] if e == 1 for x in labels]
-        assert len(head) == 3 * 20
-        assert [(e, i) for e, i, _, _ in record["second"]] == [(1, i) for i in range(3, 10)]
+        assert len(head) == 3 * 10
+        assert [(e, i) for e, i, _, _ in record["second"]] == [(1, i) for i in range(3, 20)]
         tail = [x for _, _, _, labels in record["second"] for x in labels]
         assert head + tail == expected[1], f"rank {rank}: the resumed epoch differs from the uninterrupted one"
-        # FFCV's own cache (os_cache false) held PAGES pages plus those of the batches it prepares ahead.
-        assert all(slots <= PAGES + 4 for slots in record["slots"]), record["slots"]
+        # FFCV's own cache (os_cache false) held the 2 open pages, the ~2 that enter over the 3 batches it reads
+        # ahead (30 samples, ~21 a page) and one closing: far fewer than the ~10 pages of the rank's share.
+        assert all(slots <= 2 + 3 for slots in record["slots"]), record["slots"]
     served = [x for record in ranks for e, _, _, labels in record["first"] + record["second"] if e == 1 for x in labels]
     assert sorted(served) == list(range(SAMPLES)), "epoch 1 across both ranks and both fits: every sample once"
 
@@ -173,7 +174,13 @@ def test_random_order_over_a_file_larger_than_the_memory_is_warned(paged_dir, tm
 
 @pytest.mark.slow
 def test_benchmark_smoke_inside_a_memory_limit(tmp_path):
-    """benchmarks/ddp_memory_limit.py --smoke: 2 ranks of quasi_random inside a real cgroup limit."""
+    """benchmarks/ddp_memory_limit.py --smoke: 2 ranks of quasi_random inside a real cgroup limit.
+
+    Opt-in: two fresh rank processes (torch import, pipeline compile) took 103 s on the 2-core dev box, over the
+    minute the suite allows it. ``RESNET_FFCV_MEMORY_LIMIT_SMOKE=1`` runs it.
+    """
+    if not os.environ.get("RESNET_FFCV_MEMORY_LIMIT_SMOKE"):
+        pytest.skip("takes ~100 s (2 rank processes): set RESNET_FFCV_MEMORY_LIMIT_SMOKE=1 to run it")
     why = cgroup_unavailable()
     if why:
         pytest.skip(f"no cgroup-v1 memory cgroup can be made here: {why}")
