@@ -56,6 +56,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = write_data(Path(tmp), args.train_per_class, args.val_per_class)
         pages, random_classes, quasi_classes = classes_per_batch(data_dir, args.quasi_pages, args.batch_size)
+        print(f"{pages} pages; classes per batch: random {random_classes:.1f}, quasi {quasi_classes:.1f}", flush=True)
         results: dict[str, list[tuple[float, float]]] = {"random": [], "quasi_random": []}
         for seed in args.seeds:
             for order in results:
