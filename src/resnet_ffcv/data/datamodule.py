@@ -63,7 +63,8 @@ class FFCVDataModule(L.LightningDataModule):
             (benchmarks/ddp_memory_limit.py, docs/data-loading.md).
         batches_ahead: batches FFCV prepares ahead of the one in use.
         drop_last: drop the last incomplete training batch (each rank's).
-        seed: shuffling seed, identical on all ranks; epoch k's order depends only on (seed, k).
+        seed: shuffling seed (>= 0), identical on all ranks; epoch k's order depends only on (seed, k), and on
+            the world size with ``quasi_random``.
         num_classes: class count; by default the length of ``classes.json``.
         predict_path: what ``resnet-ffcv predict`` reads: a folder of images (searched recursively), one
             image, or a ``.ffcv`` file; each is centre-cropped as at validation (``image_files.py``).

@@ -202,7 +202,9 @@ def check_order_fits_memory(order: str, train_path: Path, instance_type: str | N
     warning = random_order_warning(order, train_path, instance_type)
     if warning:
         return Check("data vs memory", True, warning, warn=True)
-    return Check("data vs memory", True, f"data.order={order}: fine for {train_path.name}'s size and this memory")
+    if order != "random":
+        return Check("data vs memory", True, f"data.order={order}: reads each page of {train_path.name} once an epoch")
+    return Check("data vs memory", True, f"data.order=random: {train_path.name} fits in memory")
 
 
 def run_checks(config, ckpt_path: str | None = None) -> list[Check]:

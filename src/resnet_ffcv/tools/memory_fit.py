@@ -85,6 +85,6 @@ def random_order_warning(order: str, train_path: Path, instance_type: str | None
     memory, whose = min(memories)
     return (
         f"{what}: {size / GIB:.0f} GiB > {whose} ({memory / GIB:.0f} GiB) and data.order is random: every epoch then "
-        "reads the file many times over from disk (read-ahead lost before use), a loader-bound run. Set "
+        "reads the file many times over from disk (81x in benchmarks/ddp_memory_limit.py), a loader-bound run. Set "
         "data.order: quasi_random and data.os_cache: false (each page read once; docs/data-loading.md)"
     )
