@@ -23,9 +23,10 @@ gives (n/3), and ``classes/batch``: distinct classes per batch (a uniform shuffl
 bytes read to a whole epoch; the other rows run the whole epoch.
 
 Scaling from ImageNet at the rn50 preset (~302 KB samples in 8 MiB pages, ~390 GB, vs 192 GB RAM on g5.12xlarge):
-samples and pages / 4 as in ``os_cache_io.py`` (raw 76 KB images in 2 MiB pages, ~27 per page), the file ~1.5x
-the limit, and what the page cache may use even less: each rank imports torch (~0.5 GB of anonymous memory here),
-so of a 2 GB limit ~1 GB is left for the cache, a third of the file (g5: ~150 of 390 GB).
+samples and pages / 4 as in ``os_cache_io.py`` (raw 76 KB images in 2 MiB pages, ~27 per page), the file about the
+limit's size, and what the page cache may use smaller still: each rank's torch import holds ~0.6 GB of anonymous
+memory here, so of the 1.5 GB limit ~0.3 GB is left for the cache, a fifth of the file (g5: ~150 of 390 GB).
+The measured table and what it means: docs/data-loading.md, "Measured inside a real memory limit".
 """
 
 from __future__ import annotations
