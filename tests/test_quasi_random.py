@@ -134,39 +134,53 @@ def cgroup_unavailable() -> str | None:
     return MemoryCgroup.why_not()
 
 
-def test_cgroup_limit_is_read_from_inside_the_cgroup(tmp_path):
+def sparse_file(path: Path, size: int) -> Path:
+    """A file of ``size`` bytes that takes no disk space: only its size is read by the memory checks."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def test_cgroup_limit_below_the_file_is_read_and_warned_from_inside_the_cgroup(tmp_path):
     why = cgroup_unavailable()
     if why:
         pytest.skip(f"no cgroup-v1 memory cgroup can be made here: {why}")
     from ddp_memory_limit import MemoryCgroup
 
-    cgroup = MemoryCgroup(f"resnet-ffcv-test-{os.getpid()}", 3 << 30)
+    train = sparse_file(tmp_path / "train.ffcv", 2 << 30)
+    cgroup = MemoryCgroup(f"resnet-ffcv-test-{os.getpid()}", 1 << 30)  # 1 GiB: above what the process needs
+    code = (
+        "import sys; from pathlib import Path; from resnet_ffcv.tools import memory_fit; "
+        "print(memory_fit.cgroup_limit_bytes()); "
+        "print(memory_fit.random_order_warning('random', Path(sys.argv[1]), None))"
+    )
     try:
-        code = "from resnet_ffcv.tools.memory_fit import cgroup_limit_bytes; print(cgroup_limit_bytes())"
         inside = subprocess.run(
-            [sys.executable, "-c", code], preexec_fn=cgroup.preexec, capture_output=True, text=True, check=True
+            [sys.executable, "-c", code, str(train)], preexec_fn=cgroup.preexec, capture_output=True, text=True
         )
     finally:
         cgroup.remove()
-    assert int(inside.stdout) == 3 << 30
+    assert inside.returncode == 0, inside.stderr[-2000:]
+    limit, warning = inside.stdout.splitlines()
+    assert int(limit) == 1 << 30
+    assert f"{train}: 2 GiB > this container's memory limit (1 GiB) and data.order is random" in warning
 
 
 # -- doctor and plan ---------------------------------------------------------------------------------------------
-def test_random_order_over_a_file_larger_than_the_memory_is_warned(paged_dir, tmp_path, monkeypatch):
-    train = paged_dir / "train.ffcv"
-    size = train.stat().st_size
-    check = check_order_fits_memory("random", train, None)
+def test_random_order_over_a_file_larger_than_the_memory_is_warned(paged_dir, tmp_path):
+    check = check_order_fits_memory("random", paged_dir / "train.ffcv", None)
     assert check.ok and not check.warn, "a 40 MB file fits this machine"
 
-    # The machine's memory as the kernel reports it is not ours to shrink: the same file against memory sizes.
-    monkeypatch.setattr(memory_fit, "usable_memory_here", lambda: (size // 2, "this container's memory limit"))
-    check = check_order_fits_memory("random", train, None)
-    assert check.warn and check.line().startswith("[WARN] data vs memory:")
-    assert "> this container's memory limit" in check.detail and "data.order: quasi_random" in check.detail
-    assert not check_order_fits_memory("quasi_random", train, None).warn, "quasi_random is the remedy"
+    ram = memory_fit.memory_bytes()
+    huge = sparse_file(tmp_path / "train.ffcv", 2 * ram)  # twice this machine's RAM, as a g5 has with ImageNet
+    check = check_order_fits_memory("random", huge, None)
+    assert check.ok and check.warn and check.line().startswith("[WARN] data vs memory:")
+    assert "data.order: quasi_random and data.os_cache: false" in check.detail
+    assert "this machine's RAM" in check.detail or "this container's memory limit" in check.detail
+    assert not check_order_fits_memory("quasi_random", huge, None).warn, "quasi_random is the remedy"
 
     # No file here (plan on a laptop): ImageNet's size at the rn50 preset against the instance's RAM.
-    missing = tmp_path / "train.ffcv"
+    missing = tmp_path / "missing" / "train.ffcv"
     assert "360 GiB > g5.12xlarge's RAM (192 GiB)" in memory_fit.random_order_warning("random", missing, "g5.12xlarge")
     assert memory_fit.random_order_warning("random", missing, "p4d.24xlarge") is None, "1.1 TB holds it"
     assert memory_fit.random_order_warning("random", missing, None) is None, "nothing to compare against"
