@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quasi-pages", type=int, default=10)
     parser.add_argument("--page-mib", type=int, default=2, help="FFCV page size of the written files (2, 4, 8)")
+    parser.add_argument("--orders", nargs="+", choices=["random", "quasi_random"], default=["random", "quasi_random"])
     args = parser.parse_args()
     from resnet_ffcv.dataset import writer
 
@@ -63,7 +64,7 @@ def main() -> None:
         data_dir = write_data(Path(tmp), args.train_per_class, args.val_per_class)
         pages, random_classes, quasi_classes = classes_per_batch(data_dir, args.quasi_pages, args.batch_size)
         print(f"{pages} pages; classes per batch: random {random_classes:.1f}, quasi {quasi_classes:.1f}", flush=True)
-        results: dict[str, list[tuple[float, float]]] = {"random": [], "quasi_random": []}
+        results: dict[str, list[tuple[float, float]]] = {order: [] for order in args.orders}
         for seed in args.seeds:
             for order in results:
                 start = time.perf_counter()
