@@ -58,9 +58,10 @@ def learnable_recipe(
     arch: str = "resnet18",
     lr: float = 0.1,
     ema_decay: float = 0.9,
+    **data_args,
 ) -> tuple[ImageClassifier, FFCVDataModule]:
     """The whole recipe on the shape set: MixUp/CutMix, EMA, label smoothing, onecycle, BlurPool, zero-init (also
-    what tests/test_recipe_learns.py trains)."""
+    what tests/test_recipe_learns.py trains). ``data_args``: more FFCVDataModule arguments (``order``, ...)."""
     data = FFCVDataModule(
         data_dir=str(data_dir),
         batch_size=batch_size,
@@ -68,6 +69,7 @@ def learnable_recipe(
         train_resolution=resolution,
         val_resolution=resolution,
         scale=(0.35, 1.0),
+        **data_args,
     )
     model = ImageClassifier(
         arch=arch,
@@ -96,10 +98,12 @@ def train(
     lr: float = 0.1,
     ema_decay: float = 0.9,
     seed: int = 0,
+    **data_args,
 ) -> list[dict[str, float]]:
     """Fit with the full recipe; returns one row of validation metrics per epoch."""
     L.seed_everything(seed, verbose=False)
-    model, data = learnable_recipe(data_dir, resolution, batch_size, arch, lr, ema_decay)
+    # The data order's seed is the run's seed too.
+    model, data = learnable_recipe(data_dir, resolution, batch_size, arch, lr, ema_decay, **{"seed": seed, **data_args})
     table = EpochTable()
     print("| epoch | val/acc1 | val/acc1_ema | val/acc5 | val/acc5_ema | seconds |")
     print("|------:|---------:|-------------:|---------:|-------------:|--------:|")

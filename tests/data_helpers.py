@@ -77,3 +77,26 @@ class ProbeModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class _RawIndexed(_Indexed):
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        rng = np.random.default_rng((self.seed, index))
+        height, width = rng.integers(150, 200, size=2)
+        return rng.integers(0, 256, (height, width, 3), dtype=np.uint8), index
+
+
+def write_paged_ffcv(out: Path, train: int = 400, val: int = 20) -> Path:
+    """Like :func:`write_indexed_ffcv` (label = index) but over many pages: raw images of ~80 KB in FFCV's
+    smallest pages (2 MiB), ~21 samples a page, ~19 pages for 400 samples; what ``quasi_random`` works on."""
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, count, seed in (("train", train, 0), ("val", val, 1)):
+        fields = {"image": RGBImageField(write_mode="raw"), "label": IntField()}
+        writer = DatasetWriter(str(out / f"{name}.ffcv"), fields, page_size=1 << 21, num_workers=1)
+        writer.from_indexed_dataset(_RawIndexed(count, seed))
+    classes = [{"index": i, "wnid": f"c{i}", "name": f"c{i}"} for i in range(max(train, val))]
+    (out / "classes.json").write_text(json.dumps(classes))
+    return out

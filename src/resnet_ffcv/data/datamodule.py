@@ -49,15 +49,22 @@ class FFCVDataModule(L.LightningDataModule):
         val_crop_ratio: centre crop side / short image side (224/256 as in the classic ImageNet protocol).
         scale: random-resized-crop area range, as a fraction of the image.
         ratio: random-resized-crop aspect ratio range.
-        order: training order on one device: ``random``, ``quasi_random`` (reads pages in bursts; for data
-            that does not fit in RAM, with ``os_cache: false``) or ``sequential``. Under DDP always
-            ``random`` (FFCV has no distributed quasi-random).
-        os_cache: memory-map the file and let the OS page cache hold what fits. Keep it on under DDP also where
-            RAM < file: ``false`` (FFCV's own cache) in ``random`` order holds nearly the whole file in process
-            memory over an epoch (benchmarks/os_cache_io.py); ``false`` pays off only with ``quasi_random``.
+        order: training order: ``random`` (one permutation; under DDP FFCV's DistributedSampler shards it),
+            ``quasi_random`` (each rank reads its own pages in bursts of ``quasi_random_pages``, on any number of
+            ranks: :mod:`resnet_ffcv.data.quasi_random`; for data larger than RAM, with ``os_cache: false``) or
+            ``sequential``.
+        quasi_random_pages: pages each rank keeps open at once in ``quasi_random`` order (FFCV's own order uses
+            2 x batch size; a fixed count keeps the order independent of the batch size). With ``os_cache:
+            false`` about this many pages (8 MiB each as our writer writes them) per rank are held in memory.
+        os_cache: memory-map train.ffcv and let the OS page cache hold what fits (val.ffcv always is: each rank's
+            slice of it touches every page, and the page cache shares one read). Where RAM < file: ``random``
+            needs it on (``false``, FFCV's own cache, would hold nearly the whole file in process memory), but
+            then reads the file many times per epoch; ``quasi_random`` with ``false`` reads each page once
+            (benchmarks/ddp_memory_limit.py, docs/data-loading.md).
         batches_ahead: batches FFCV prepares ahead of the one in use.
         drop_last: drop the last incomplete training batch (each rank's).
-        seed: shuffling seed, identical on all ranks; epoch k's order depends only on (seed, k).
+        seed: shuffling seed (>= 0), identical on all ranks; epoch k's order depends only on (seed, k), and on
+            the world size with ``quasi_random``.
         num_classes: class count; by default the length of ``classes.json``.
         predict_path: what ``resnet-ffcv predict`` reads: a folder of images (searched recursively), one
             image, or a ``.ffcv`` file; each is centre-cropped as at validation (``image_files.py``).
@@ -80,6 +87,7 @@ class FFCVDataModule(L.LightningDataModule):
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         order: Order = "random",
+        quasi_random_pages: int = 512,
         os_cache: bool = True,
         batches_ahead: int = 3,
         drop_last: bool = True,
@@ -103,6 +111,8 @@ class FFCVDataModule(L.LightningDataModule):
             raise InvalidValue(
                 f"data.batch_size={batch_size}, data.global_batch_size={global_batch_size}: expected >= 1"
             )
+        if quasi_random_pages < 1:
+            raise InvalidValue(f"data.quasi_random_pages={quasi_random_pages}: expected >= 1")
         self.resolution = resolution if resolution is not None else ResolutionSchedule()  # off: train_resolution
         self._train_loaders: dict[int, EpochLoader] = {}  # by batch size: a new size means a new (compiled) Loader
         self._val_loader: EpochLoader | None = None
@@ -196,7 +206,10 @@ class FFCVDataModule(L.LightningDataModule):
     def _check_train_batch_size(self, batch_size: int, key: str) -> None:
         """Each rank must get at least one full batch of ``batch_size``; ``key`` names the setting."""
         samples = self._samples(self.train_path)
-        per_rank = math.ceil(samples / self.world_size)
+        # quasi_random drops the remainder (each sample at most once); FFCV's DistributedSampler pads it.
+        per_rank = (
+            samples // self.world_size if self.hparams.order == "quasi_random" else math.ceil(samples / self.world_size)
+        )
         if self.hparams.drop_last and per_rank < batch_size:
             raise InvalidValue(
                 f"{key}={batch_size}: {self.train_path} has {samples} samples, {per_rank} per rank for "
@@ -269,12 +282,16 @@ class FFCVDataModule(L.LightningDataModule):
         self._standalone_epoch = self._resume["epoch"]
 
     # -- loaders ---------------------------------------------------------------------------------------------
-    def _loader_args(self) -> dict[str, Any]:
-        """The FFCV ``Loader`` arguments every split shares."""
+    def _loader_args(self, train: bool = False) -> dict[str, Any]:
+        """The FFCV ``Loader`` arguments every split shares; ``os_cache`` is the train file's only.
+
+        Evaluation always memory-maps: in file order, each rank's slice ``rank::world`` touches every page, so
+        FFCV's own cache would read the whole file once per rank, where the page cache shares one read.
+        """
         devices = self.trainer.num_devices if self.trainer is not None else 1
         return {
             "num_workers": self.hparams.num_workers or cores_per_rank(devices),
-            "os_cache": self.hparams.os_cache,
+            "os_cache": self.hparams.os_cache if train else True,
             "seed": self.hparams.seed,
             "batches_ahead": self.hparams.batches_ahead,
         }
@@ -287,12 +304,14 @@ class FFCVDataModule(L.LightningDataModule):
             batch_size,
             self.hparams.scale,
             self.hparams.ratio,
-            order="random" if self.world_size > 1 else self.hparams.order,
+            order=self.hparams.order,
             drop_last=self.hparams.drop_last,
             distributed=self.world_size > 1,
             device=self._device(),
             before_epoch=self._start_train_epoch,
-            **self._loader_args(),
+            ranks=(self.global_rank, self.world_size),
+            quasi_random_pages=self.hparams.quasi_random_pages,
+            **self._loader_args(train=True),
         )
 
     def _start_train_epoch(self, loader: EpochLoader) -> int:

@@ -25,7 +25,9 @@ from queue import Empty
 import numpy as np
 import torch
 
+from resnet_ffcv.data.quasi_random import QuasiRandomOrder, sample_pages
 from resnet_ffcv.dataset.format import IMAGE_FIELD, LABEL_FIELD
+from resnet_ffcv.errors import InvalidValue
 
 
 def cores_per_rank(devices_per_node: int) -> int:
@@ -59,11 +61,21 @@ class ResumableOrder:
         saved ``{epoch, batches, batch_size, world_size}``); nothing for another epoch or a fresh start.
 
         Exact when batch size and world size are those of the interrupted run; otherwise the rest of the epoch
-        is approximate (the consumed count is in samples of the old batches), and a warning says so.
+        is approximate (the consumed count is in samples of the old batches), and a warning says so. An order
+        that differs per world size (``quasi_random``) refuses another world size, naming both: an InvalidValue
+        raised on every rank, before any batch of the epoch is served.
         """
         self.skip = None
         if state is None or state["epoch"] != epoch or state["batches"] == 0:
             return
+        if state["world_size"] != world_size and getattr(self.inner, "depends_on_world_size", False):
+            raise InvalidValue(
+                f"the checkpoint stopped in epoch {epoch} after {state['batches']} batches on "
+                f"{state['world_size']} ranks; this run has {world_size} ranks. data.order=quasi_random gives each "
+                "world size its own order of an epoch, so the rest of that epoch cannot be served exactly: resume "
+                f"on {state['world_size']} ranks (trainer.devices x trainer.num_nodes), or from a checkpoint "
+                "written at an epoch's end"
+            )
         if state["batch_size"] != self.batch_size or state["world_size"] != world_size:
             warnings.warn(
                 f"resuming epoch {epoch} after {state['batches']} batches of {state['batch_size']} on "
@@ -223,27 +235,40 @@ def train_loader(
     distributed: bool,
     device: torch.device,
     before_epoch: Callable[[EpochLoader], int],
+    ranks: tuple[int, int] = (0, 1),
+    quasi_random_pages: int = 512,
     **loader_args,
 ) -> EpochLoader:
     """Random-resized crops (and flips) of ``path``; ``decoder.output_size`` changes the resolution per epoch.
 
     ``distributed=True``: FFCV's DistributedSampler gives each rank a disjoint shard of one permutation (it needs
-    the process group, so this runs inside ``train_dataloader``). ``loader_args``: FFCV ``Loader`` arguments.
+    the process group, so this runs inside ``train_dataloader``). ``order="quasi_random"``: our
+    :class:`~resnet_ffcv.data.quasi_random.QuasiRandomOrder` for this rank of ``ranks`` (rank, world size) with
+    ``quasi_random_pages`` open pages, on one device too (FFCV's own refuses ``distributed=True``).
+    ``loader_args``: FFCV ``Loader`` arguments.
     """
     from ffcv.fields.decoders import RandomResizedCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
 
+    quasi = order == "quasi_random"
     decoder = RandomResizedCropRGBImageDecoder((resolution, resolution), scale=tuple(scale), ratio=tuple(ratio))
     loader = Loader(
         str(path),
         batch_size=batch_size,
-        order=OrderOption[order.upper()],
+        order=OrderOption.SEQUENTIAL if quasi else OrderOption[order.upper()],  # quasi: replaced below
         drop_last=drop_last,
         pipelines=pipelines(decoder, augment=True, device=device),
-        distributed=distributed,
+        distributed=distributed and not quasi,
         **loader_args,
     )
-    loader.traversal_order = ResumableOrder(loader.traversal_order, batch_size, drop_last)
+    inner = loader.traversal_order
+    if quasi:
+        rank, world_size = ranks
+        inner = QuasiRandomOrder(
+            sample_pages(loader.reader), loader.indices, loader.seed, rank, world_size, quasi_random_pages
+        )
+        loader.first_traversal_order = inner.sample_order(0)  # what FFCV's len() counts: this rank's share
+    loader.traversal_order = ResumableOrder(inner, batch_size, drop_last)
     wrapped = EpochLoader(loader, before_epoch=before_epoch, block_after=block_after_from_env())
     wrapped.decoder = decoder
     return wrapped

@@ -22,11 +22,13 @@ from resnet_ffcv.run.resume import LATEST_NAME, NoLoadableCheckpoint, find_resum
 from resnet_ffcv.run.storage import is_url
 from resnet_ffcv.run.wandb_setup import is_wandb_logger, wandb_credentials, wandb_mode
 from resnet_ffcv.tools import disk_speed
+from resnet_ffcv.tools.memory_fit import random_order_warning
 
 DESCRIPTION = """\
 Preflight checks before paying for GPU time, one PASS/FAIL/WARN line each: the GPUs the config asks for, CUDA
-and NCCL, the data files (train, val, classes.json), the checkpoint directory (writable, free space), whether
-this run resumes and from which file, shared memory, and W&B credentials. Reads the config as `fit` would and
+and NCCL, the data files (train, val, classes.json), whether the order suits a train file larger than the
+memory, the checkpoint directory (writable, free space), whether this run resumes and from which file, shared
+memory, and W&B credentials. Reads the config as `fit` would and
 creates nothing. Exit code 0: no check failed (warnings allowed); 1: a check failed."""
 
 # A full ResNet-50 checkpoint (weights, SGD momentum, EMA copy) is ~300 MB; keep room for the periodic ones too.
@@ -196,6 +198,16 @@ def check_config_values(config) -> Check:
     return Check("config values", not problems, " ".join(problems) or "monitors, LR schedule and class count agree")
 
 
+def check_order_fits_memory(order: str, train_path: Path, instance_type: str | None) -> Check:
+    """A warning (never a failure) when ``random`` order meets a train file larger than the memory."""
+    warning = random_order_warning(order, train_path, instance_type)
+    if warning:
+        return Check("data vs memory", True, warning, warn=True)
+    if order != "random":
+        return Check("data vs memory", True, f"data.order={order}: reads each page of {train_path.name} once an epoch")
+    return Check("data vs memory", True, f"data.order=random: {train_path.name} fits in memory")
+
+
 def run_checks(config, ckpt_path: str | None = None) -> list[Check]:
     trainer, data = config.trainer, config.data
     logger = trainer.logger if hasattr(trainer.logger, "get") else None
@@ -225,6 +237,7 @@ def run_checks(config, ckpt_path: str | None = None) -> list[Check]:
         *[check for check in mounts if check is not None],
         *check_data(Path(data.data_dir), [data.train_file, data.val_file, "classes.json"]),
         Check("data read speed", *disk_speed.doctor_check(Path(data.data_dir), data.train_file)),
+        check_order_fits_memory(data.order, Path(data.data_dir) / data.train_file, config.cost.instance_type),
         *checkpoint_checks,
         check_shared_memory(),
         check_wandb(logger_class, logger.get("init_args") if logger is not None else None),

@@ -28,6 +28,7 @@ import torch
 from resnet_ffcv.callbacks.watchdog import describe_run_safety
 from resnet_ffcv.lightning_cli import parse_config_only, parse_tool_args
 from resnet_ffcv.tools import disk_speed
+from resnet_ffcv.tools.memory_fit import random_order_warning
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 # A CPU measures the step to check the config and the recipe's overheads, not GPU speed: a ResNet-50 step at
@@ -353,6 +354,8 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
         train_path, [row.epoch_seconds for row in projections for _ in range(row.stage.epochs)]
     )
     notes += [disk_note] if disk_note else []
+    order_warning = random_order_warning(config.data.order, train_path, config.cost.instance_type)
+    notes += [f"WARNING: {order_warning}"] if order_warning else []
     validation, validation_note = validation_estimate(
         config, projections, devices_per_node * nodes, _val_images(config)
     )
