@@ -70,3 +70,16 @@ def test_bad_model_and_resolution_values_are_one_line_naming_the_key(tmp_path, f
     assert_one_paragraph(smoothing, "fit", "model.label_smoothing=1.5", "[0, 1)")
     stages = run_cli("fit", "--config", str(config), "--resolution.stages", "[{start_epoch: 1, resolution: 64}]")
     assert_one_paragraph(stages, "fit", "resolution.stages[0].start_epoch=1", "expected 0")
+
+
+def test_config_key_typo_and_wrong_type_are_one_paragraph_not_the_usage(tmp_path):
+    """A mistyped key in a YAML and a value of the wrong type: key, source, expectation, a guess; no usage dump."""
+    config = write_config(tmp_path, tmp_path / "data")
+    (tmp_path / "typo.yaml").write_text("trainer:\n  max_epoch: 3\n")
+    typo = run_cli("fit", "--config", str(config), "--config", "typo.yaml", cwd=tmp_path)
+    line = assert_one_paragraph(typo, "fit", "trainer.max_epoch (in typo.yaml)", "Did you mean `trainer.max_epochs`?")
+    assert "`resnet-ffcv fit --help` lists every key" in line
+    assert typo.returncode == 2 and len(typo.stderr.splitlines()) <= 3, typo.stderr
+    wrong = run_cli("fit", "--config", str(config), "--model.lr", "abc", cwd=tmp_path)
+    assert_one_paragraph(wrong, "fit", "model.lr=abc (command line)", "expected a number")
+    assert wrong.returncode == 2 and "usage:" not in wrong.stderr, wrong.stderr

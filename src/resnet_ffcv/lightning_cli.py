@@ -38,6 +38,7 @@ from resnet_ffcv.config_checks import ConfigError, check_fit_config
 from resnet_ffcv.data.datamodule import FFCVDataModule
 from resnet_ffcv.data.resolution import ResolutionSchedule
 from resnet_ffcv.errors import UserError, debug_enabled
+from resnet_ffcv.parse_errors import OneParagraphParser
 from resnet_ffcv.recipe.module import ImageClassifier
 from resnet_ffcv.run import checkpoint_lock
 from resnet_ffcv.run.resume import (
@@ -97,6 +98,14 @@ class LoggedSaveConfig(SaveConfigCallback):
 
 
 class ResNetCLI(LightningCLI):
+    def __init__(self, *args, **kwargs) -> None:
+        # A mistyped key or a wrong type: one paragraph (key, source, expected, close keys), not the usage dump.
+        super().__init__(*args, parser_class=OneParagraphParser, **kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        OneParagraphParser.argv = tuple(sys.argv[1:] if args is None else args)  # where a refused key came from
+        super().parse_arguments(parser, args)
+
     def add_arguments_to_parser(self, parser) -> None:
         # The class count comes from the data (classes.json), never typed twice.
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
