@@ -34,7 +34,7 @@ from resnet_ffcv.callbacks.resolution import ResolutionMonitor
 from resnet_ffcv.callbacks.run_summary import RunSummary
 from resnet_ffcv.callbacks.spot import SpotInterruption, TrainingInterrupted
 from resnet_ffcv.callbacks.target_accuracy import TargetAccuracyStop
-from resnet_ffcv.config_checks import ConfigError, check_fit_config
+from resnet_ffcv.config_checks import ConfigError, check_eval_config, check_fit_config
 from resnet_ffcv.data.datamodule import FFCVDataModule
 from resnet_ffcv.data.resolution import ResolutionSchedule
 from resnet_ffcv.errors import UserError, debug_enabled
@@ -142,6 +142,8 @@ class ResNetCLI(LightningCLI):
             check_fit_config(self.config.fit)
             if not self.config.fit.spot.handle_signals and signal.getsignal(signal.SIGTERM) == STOP.handler:
                 StopSignals.restore({signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler})
+        elif self.subcommand in ("validate", "test", "predict"):  # before the run directory, logger or model
+            check_eval_config(self.config[self.subcommand], self.subcommand)
         logger = self.config[self.subcommand].trainer.logger if self.subcommand else None
         if is_wandb_logger(logger):
             fall_back_to_offline_without_credentials(logger.get("init_args"))
@@ -351,7 +353,8 @@ def run(argv: list[str]) -> None:
             raise
         print(f"{' '.join(filter(None, ('resnet-ffcv', subcommand)))}: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
-    except UserError as error:
+    except UserError as error:  # a config, data, checkpoint or input problem our checks found: exit 2
         if debug_enabled():
             raise
-        sys.exit(f"{' '.join(filter(None, ('resnet-ffcv', subcommand)))}: error: {error}")
+        print(f"{' '.join(filter(None, ('resnet-ffcv', subcommand)))}: error: {error}", file=sys.stderr)
+        sys.exit(checkpoint_lock.CHECK_FAILED_EXIT_CODE)
