@@ -180,7 +180,7 @@ def test_ffcv_rn50_16_epochs_runs_two_epochs_through_the_cli(ffcv_dir, tmp_path)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    assert f"Saved {tmp_path / 'checkpoints' / LATEST} (epoch 1, step 4)" in output, output[-3000:]
+    assert f"Saved {tmp_path / 'checkpoints' / LATEST} (epoch 2, step 4)" in output, output[-3000:]
     assert (tmp_path / "checkpoints" / "best_model.ckpt").is_file()
     assert list((tmp_path / "logs" / "wandb").glob("offline-run-*")), "no offline W&B run"
 

@@ -144,6 +144,9 @@ class ResNetCLI(LightningCLI):
                 StopSignals.restore({signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler})
         elif self.subcommand in ("validate", "test", "predict"):  # before the run directory, logger or model
             check_eval_config(self.config[self.subcommand], self.subcommand)
+            # A fit checkpoint holds the states of fit's callbacks (SpotCheckpoint, SpotInterruption, ...), which
+            # an evaluation never builds and has no use for; Lightning warns about each on every run.
+            warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used")
         logger = self.config[self.subcommand].trainer.logger if self.subcommand else None
         if is_wandb_logger(logger):
             fall_back_to_offline_without_credentials(logger.get("init_args"))
@@ -205,8 +208,11 @@ class ResNetCLI(LightningCLI):
             print(message, file=sys.stderr)
             raise TrainingInterrupted(message)
         checkpoint_dir = configured_checkpoint_dir(self.trainer)
+        init_weights = model.hparams.get("init_weights")
+        fresh = f"from init_weights {init_weights}" if init_weights else "from scratch"  # what a fresh run loads
         if checkpoint_dir is None:
-            self.trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_resume_path(self.trainer, ckpt_path))
+            resume = resolve_resume_path(self.trainer, ckpt_path, fresh)
+            self.trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
             return
         options = self.config[self.subcommand]
         is_zero = rank_zero_only.rank == 0  # set from the environment: valid before the strategy starts ranks
@@ -215,9 +221,9 @@ class ResNetCLI(LightningCLI):
             checkpoint_lock.acquire(checkpoint_dir)  # held until this process exits
         if options.get("fresh_start") and ckpt_path is None:
             moved = move_aside(checkpoint_dir) if is_zero else None
-            rank_zero_info(f"--fresh_start: starting from scratch{f'; old files moved to {moved}' if moved else ''}")
+            rank_zero_info(f"--fresh_start: starting {fresh}{f'; old files moved to {moved}' if moved else ''}")
         else:
-            ckpt_path = resolve_resume_path(self.trainer, ckpt_path)
+            ckpt_path = resolve_resume_path(self.trainer, ckpt_path, fresh)
         if ckpt_path is not None:
             check_compatible(Path(ckpt_path), model)
             resumed = self._checked_resume(Path(ckpt_path), model, datamodule, options.get("resume_with"))
