@@ -293,7 +293,9 @@ def test_every_config_is_covered():
 
 
 def test_main_exit_code_for_config_errors(tmp_path, capsys):
-    """In-process: main() turns the ConfigError into SystemExit with the paragraph (what the shell sees)."""
+    """In-process: main() turns the ConfigError into SystemExit 2 (a check before training refused) with the
+    paragraph on stderr and as the exception's text."""
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(P4D), "--model.lr=-1", f"--data.data_dir={tmp_path}"])
-    assert isinstance(exit_info.value.code, str) and "model.lr=-1" in exit_info.value.code
+    assert exit_info.value.code == 2 and "model.lr=-1" in str(exit_info.value)
+    assert "model.lr=-1" in capsys.readouterr().err

@@ -37,7 +37,7 @@ from resnet_ffcv.callbacks.target_accuracy import TargetAccuracyStop
 from resnet_ffcv.config_checks import ConfigError, check_eval_config, check_fit_config
 from resnet_ffcv.data.datamodule import FFCVDataModule
 from resnet_ffcv.data.resolution import ResolutionSchedule
-from resnet_ffcv.errors import UserError, debug_enabled
+from resnet_ffcv.errors import UserError, UserErrorExit, debug_enabled
 from resnet_ffcv.parse_errors import OneParagraphParser
 from resnet_ffcv.recipe.module import ImageClassifier
 from resnet_ffcv.run import checkpoint_lock
@@ -354,13 +354,11 @@ def run(argv: list[str]) -> None:
             )
     except TrainingInterrupted as interruption:
         sys.exit(interruption.exit_code)
-    except checkpoint_lock.CheckpointGuardError as error:  # a refusal before training (2), a full disk (74)
+    # A refusal before training: a config, data, checkpoint or input problem, the lock, the directory (2); a full
+    # disk during a save (74).
+    except UserError as error:
         if debug_enabled():
             raise
-        print(f"{' '.join(filter(None, ('resnet-ffcv', subcommand)))}: error: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
-    except UserError as error:  # a config, data, checkpoint or input problem our checks found: exit 2
-        if debug_enabled():
-            raise
-        print(f"{' '.join(filter(None, ('resnet-ffcv', subcommand)))}: error: {error}", file=sys.stderr)
-        sys.exit(checkpoint_lock.CHECK_FAILED_EXIT_CODE)
+        message = f"{' '.join(filter(None, ('resnet-ffcv', subcommand)))}: error: {error}"
+        print(message, file=sys.stderr)
+        raise UserErrorExit(message, getattr(error, "exit_code", checkpoint_lock.CHECK_FAILED_EXIT_CODE)) from None

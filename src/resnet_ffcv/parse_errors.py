@@ -21,7 +21,7 @@ from typing import NoReturn
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
-from resnet_ffcv.errors import debug_enabled
+from resnet_ffcv.errors import UserErrorExit, debug_enabled
 
 # jsonargparse 4.x's wording of the refusals we rewrite (anything else is passed on in one line).
 _UNKNOWN = (
@@ -44,8 +44,9 @@ class OneParagraphParser(LightningArgumentParser):
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         argv = self.argv or getattr(parser, "argv", ())
-        print(f"{_prog(parser)}: error: {explain(message, parser, argv)}", file=sys.stderr)
-        sys.exit(EXIT_CODE)
+        paragraph = f"{_prog(parser)}: error: {explain(message, parser, argv)}"
+        print(paragraph, file=sys.stderr)
+        raise UserErrorExit(paragraph, EXIT_CODE)
 
 
 def _prog(parser: argparse.ArgumentParser) -> str:
