@@ -6,8 +6,9 @@ Each through the real CLI in a subprocess, in the test's temporary directory (is
 from __future__ import annotations
 
 import json
+import re
 
-from .helpers import run_cli
+from .helpers import REPO, run_cli
 from .spot_support import write_config
 
 
@@ -46,3 +47,14 @@ def test_doctor_counts_a_warning_apart_from_the_passes(tmp_path, ffcv_dir):
     failed = sum(line.startswith("[FAIL]") for line in lines)
     tally = f"{passed} passed, 1 warning" + (f", {failed} failed" if failed else "")
     assert tally in lines[-1], lines[-1]
+
+
+def test_readme_commands_table_lists_every_subcommand():
+    """The README's Commands table against the subcommands `resnet-ffcv --help` lists (evaluate, curves, ...)."""
+    listed = run_cli("--help").stdout.split("subcommands (each has its own --help):")[1].split("\n\n")[0]
+    subcommands = {line.split()[0] for line in listed.strip().splitlines()}
+    table = (REPO / "README.md").read_text().split("## Commands")[1].split("\n## ")[0]
+    in_table = set(re.findall(r"`resnet-ffcv ([\w-]+)", table)) | set(re.findall(r" / ([\w-]+)", table))
+    assert subcommands - in_table == set(), f"missing from the README's Commands table: {subcommands - in_table}"
+    fine_tuning = " ".join((REPO / "README.md").read_text().split("### Fine-tuning")[1].split("\n## ")[0].split())
+    assert "`init_weights` is read only by a fresh `fit`" in fine_tuning
