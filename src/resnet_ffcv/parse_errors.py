@@ -40,7 +40,7 @@ class OneParagraphParser(LightningArgumentParser):
     argv: Sequence[str] = ()  # set by the CLI before parsing: where each key came from
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        if debug_enabled():
+        if debug_enabled() or not self.exit_on_error:  # jsonargparse's own tries (exit_on_error off) must raise
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         argv = self.argv or getattr(parser, "argv", ())
