@@ -60,5 +60,6 @@ done
 case $rc in
   0) say "finished"; exit 0 ;;
   "$INTERRUPTED") say "interrupted; checkpoint_latest.ckpt saved: rerun this same command to resume"; exit "$INTERRUPTED" ;;
+  2) say "a check before training refused (the error above says what to change)"; exit 2 ;;
   *) say "training failed (resnet-ffcv exit code $rc)"; exit 1 ;;
 esac
