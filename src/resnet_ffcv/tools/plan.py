@@ -134,7 +134,7 @@ def format_plan(plan: Plan, hardware: str, notes: list[str]) -> str:
     ]
     for row in plan.stages:
         stage = row.stage
-        epochs = f"{stage.first_epoch}-{stage.first_epoch + stage.epochs - 1}"
+        epochs = f"{stage.first_epoch + 1}-{stage.first_epoch + stage.epochs}"  # counted from 1, as fit counts
         loader = f"{row.loader_images_per_s:.0f}" if row.loader_images_per_s is not None else "-"
         lines.append(
             f"{epochs:>9} {stage.resolution:>4} {stage.batch_size:>9} {row.step_images_per_s:>10.1f} {loader:>11} "
@@ -369,7 +369,7 @@ def _measure_stages(own, config, stages: list[Stage], device, precision: str, de
         batch = own.batch or stage.batch_size
         where = f"stage {number}/{len(stages)}"
         say(
-            f"{where} (epochs {stage.first_epoch}-{stage.first_epoch + stage.epochs - 1}, {stage.resolution} px): "
+            f"{where} (epochs {stage.first_epoch + 1}-{stage.first_epoch + stage.epochs}, {stage.resolution} px): "
             f"timing {own.steps} training steps at batch {batch} on {device.type} ..."
         )
         step, compile_seconds = _measure_step(
