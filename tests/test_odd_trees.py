@@ -190,6 +190,6 @@ def test_predict_on_a_gif_through_the_cli(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    # demo_cpu.yaml's run_dir (demo_output/run, relative to the working directory) holds the predictions.
-    rows = (tmp_path / "demo_output" / "run" / "predictions" / "predictions.csv").read_text().splitlines()
+    # A checkpoint outside a run's checkpoints/ folder: the predictions go to the working directory.
+    rows = (tmp_path / "predictions" / "predictions.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("animated.gif,")

@@ -70,7 +70,8 @@ def test_predict_folder_and_ffcv_through_the_cli(checkpoint, images, ffcv_dir, t
 
     folder = run_cli("predict", *common, f"--data.predict_path={images}", cwd=tmp_path)
     assert folder.returncode == 0, folder.stderr[-3000:]
-    predictions = tmp_path / "demo_output" / "run" / "predictions"  # the demo config's run_dir
+    # The checkpoint is in no run's checkpoints/ folder: the working directory, not the demo config's run_dir.
+    predictions = tmp_path / "predictions"
     rows = read_csv(predictions / "predictions.csv")
     files = sorted(p.relative_to(images).as_posix() for p in images.rglob("*") if p.suffix != ".txt" and p.is_file())
     assert [row["path"] for row in rows] == files  # class folders sort before zz_odd/ here
@@ -81,7 +82,7 @@ def test_predict_folder_and_ffcv_through_the_cli(checkpoint, images, ffcv_dir, t
         assert all(0 < p <= 1 for p in probabilities) and probabilities == sorted(probabilities, reverse=True)
         assert sum(probabilities) <= 1 + 1e-5
     assert "top-1" in folder.stdout and "zz_odd/c_gray.jpg" not in folder.stdout  # the table shows 20 of 44
-    assert f"{len(files)} predictions (top 5) written to demo_output/run/predictions/predictions.csv" in folder.stdout
+    assert f"{len(files)} predictions (top 5) written to predictions/predictions.csv" in folder.stdout
     assert (predictions / "config.yaml").is_file()  # what produced the CSV, checkpoint included
 
     ffcv = run_cli(

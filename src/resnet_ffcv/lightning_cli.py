@@ -39,9 +39,10 @@ from resnet_ffcv.data.datamodule import FFCVDataModule
 from resnet_ffcv.data.resolution import ResolutionSchedule
 from resnet_ffcv.errors import UserError, UserErrorExit, debug_enabled
 from resnet_ffcv.parse_errors import OneParagraphParser
-from resnet_ffcv.recipe.module import ImageClassifier
+from resnet_ffcv.recipe.module import ImageClassifier, weights_from_checkpoint
 from resnet_ffcv.run import checkpoint_lock
 from resnet_ffcv.run.resume import (
+    BEST_NAME,
     SettingsDiffer,
     check_compatible,
     configured_checkpoint_dir,
@@ -56,7 +57,16 @@ from resnet_ffcv.run.resume import (
 )
 from resnet_ffcv.run.stop_signals import STOP, StopSignals
 from resnet_ffcv.run.wandb_setup import fall_back_to_offline_without_credentials, is_wandb_logger, prepare_wandb_logger
-from resnet_ffcv.run_dir import apply_run_dir, saved_config_path
+from resnet_ffcv.run_dir import (
+    FIT_ONLY_OPTIONS,
+    RUN_OPTION,
+    apply_evaluation_run_dir,
+    apply_run_dir,
+    expand_run_option,
+    run_dir_typed,
+    saved_config,
+    saved_config_path,
+)
 
 # Library noise printed by every command, filtered narrowly (each has no argument that avoids it):
 # Lightning 2.6's own _pytree helper uses torch's deprecated LeafSpec (nothing we call or could change)...
@@ -87,8 +97,9 @@ class LoggedSaveConfig(SaveConfigCallback):
         run_dir = self.config.get("run_dir")
         if run_dir is not None and self.save_to_log_dir and not self.already_saved:
             self.save_to_log_dir = False  # not trainer.log_dir (<run_dir>/logs for W&B): the run directory itself
-            if trainer.is_global_zero:
-                atomic.write_text(saved_config_path(run_dir, stage), self.parser.dump(self.config, skip_none=False))
+            if trainer.is_global_zero:  # absolute paths, no fit-only options: valid as --config from anywhere
+                text = self.parser.dump(saved_config(self.config), skip_none=False)
+                atomic.write_text(saved_config_path(run_dir, stage), text)
         super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
@@ -103,7 +114,8 @@ class ResNetCLI(LightningCLI):
         super().__init__(*args, parser_class=OneParagraphParser, **kwargs)
 
     def parse_arguments(self, parser, args) -> None:
-        OneParagraphParser.argv = tuple(sys.argv[1:] if args is None else args)  # where a refused key came from
+        self.command_line = list(sys.argv[1:] if args is None else args)  # what was typed, not what configs said
+        OneParagraphParser.argv = tuple(self.command_line)  # where a refused key came from
         super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -137,7 +149,10 @@ class ResNetCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         # Here, on the parsed config, because the callbacks, logger and trainer are built from it next: a default
         # filled in later would miss the objects that already hold their paths.
-        apply_run_dir(self.config[self.subcommand] if self.subcommand else self.config)
+        if self.subcommand in (None, "fit"):
+            apply_run_dir(self.config[self.subcommand] if self.subcommand else self.config)
+        else:  # validate/test/predict write beside the checkpoint's run, never over its fit records
+            apply_evaluation_run_dir(self.config[self.subcommand], self.subcommand, run_dir_typed(self.command_line))
         if self.subcommand == "fit":  # a config mistake stops here, before any data or model is built
             check_fit_config(self.config.fit)
             if not self.config.fit.spot.handle_signals and signal.getsignal(signal.SIGTERM) == STOP.handler:
@@ -152,7 +167,12 @@ class ResNetCLI(LightningCLI):
             fall_back_to_offline_without_credentials(logger.get("init_args"))
 
     def instantiate_classes(self) -> None:
-        super().instantiate_classes()
+        # model.init_weights is read only where no checkpoint gives the weights: fit decides once it knows whether
+        # it resumes (fit below); the other subcommands when no --ckpt_path is given.
+        with weights_from_checkpoint():
+            super().instantiate_classes()
+        if self.subcommand is None or (self.subcommand != "fit" and not self.config[self.subcommand].get("ckpt_path")):
+            self.model.load_init_weights()
         for logger in self.trainer.loggers:
             prepare_wandb_logger(logger)
 
@@ -196,6 +216,17 @@ class ResNetCLI(LightningCLI):
                 help="when the config's model/data values differ from the checkpoint's: continue with the "
                 "config's values or the checkpoint's; null lists the differences and stops",
             )
+        else:
+            parser.add_argument(  # for --help only: run() expands it before parsing (run_dir.expand_run_option)
+                RUN_OPTION,
+                metavar="RUN_DIR",
+                default=None,
+                help=f"a run directory written by fit: its config.yaml, its checkpoints/{BEST_NAME} (unless "
+                "--ckpt_path) and --run_dir RUN_DIR, no logger; the other arguments still override",
+            )
+            # So that a fit config holding them (an older run's saved config.yaml) works as --config here too.
+            for name in FIT_ONLY_OPTIONS:
+                parser.add_argument(f"--{name}", default=None, help=f"fit's option, ignored by {subcommand}")
         return parser
 
     def fit(self, model, datamodule=None, ckpt_path: str | None = None, **kwargs) -> None:
@@ -211,8 +242,10 @@ class ResNetCLI(LightningCLI):
         init_weights = model.hparams.get("init_weights")
         fresh = f"from init_weights {init_weights}" if init_weights else "from scratch"  # what a fresh run loads
         if checkpoint_dir is None:
-            resume = resolve_resume_path(self.trainer, ckpt_path, fresh)
-            self.trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+            ckpt_path = resolve_resume_path(self.trainer, ckpt_path, fresh)
+            if ckpt_path is None:
+                model.load_init_weights()
+            self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
             return
         options = self.config[self.subcommand]
         is_zero = rank_zero_only.rank == 0  # set from the environment: valid before the strategy starts ranks
@@ -230,6 +263,8 @@ class ResNetCLI(LightningCLI):
             if resumed is None:
                 return
             model, datamodule = resumed
+        else:  # a fresh start: the only time init_weights is read (a checkpoint holds the weights otherwise)
+            model.load_init_weights()
         if is_zero:
             checkpoint_lock.check_room(checkpoint_dir, expected_checkpoint_bytes(model, self._files_kept()))
         continue_wandb_run(self.trainer, checkpoint_dir, resuming=ckpt_path is not None)
@@ -275,7 +310,8 @@ def _without_private(hparams) -> dict:
 
 def _rebuilt(model, hparams):
     """The same class built from the checkpoint's hyperparameters (``--resume_with checkpoint``)."""
-    return type(model)(**_without_private(hparams))
+    with weights_from_checkpoint():
+        return type(model)(**_without_private(hparams))
 
 
 def _rebuilt_data(datamodule, hparams):
@@ -338,6 +374,7 @@ def run(argv: list[str]) -> None:
     if subcommand == "fit":  # a stop during start-up exits 75 (cli.main installs it earlier still, before torch)
         STOP.install()
     try:
+        argv = expand_run_option(argv)  # validate/test/predict --run RUN_DIR: the run's own config and checkpoint
         with warnings.catch_warnings():
             # argv is sys.argv[1:] (or a test's list): the caution about passing both does not apply here.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")

@@ -1,10 +1,11 @@
 """What a person wants to know when a run ends, in one place: printed, written as ``summary.json``, and put into
 the W&B run's summary.
 
-Written when ``fit`` returns (finished, or target reached) and when it is interrupted (spot notice / SIGTERM:
-exit 75) or fails, so the file always describes the latest process. The best values so far, the wall time and the
-image count are saved in checkpoints: a resumed run continues them, and its summary covers the whole run. Time and
-images between the last checkpoint and an interruption are not in the next process's totals (as for CostMonitor).
+Written when ``fit`` returns (finished, or target reached) and when it is interrupted (spot notice / SIGTERM: exit
+75) or fails, so the file always describes the latest training process; validate/test/predict never write it. The
+best values so far, the wall time and the image count are saved in checkpoints: a resumed run continues them, and
+its summary covers the whole run. Time and images between the last checkpoint and an interruption are not in the
+next process's totals (as for CostMonitor).
 """
 
 from __future__ import annotations
@@ -147,6 +148,8 @@ class RunSummary(L.Callback):
         self._report(trainer, "target_reached" if target else "finished")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if trainer.state.fn != "fit":  # a failed validate/predict says nothing about the run: its summary stays
+            return
         interrupted = isinstance(exception, (TrainingInterrupted, KeyboardInterrupt))
         self._report(trainer, "interrupted" if interrupted else "failed")
 

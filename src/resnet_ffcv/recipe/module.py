@@ -11,6 +11,10 @@ an LR set on every batch from a function of the fractional epoch (``schedules.py
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -38,6 +42,21 @@ from resnet_ffcv.recipe.validation_schedule import ValidationSchedule
 # ImageNet statistics on the 0-255 scale: FFCV hands over uint8 images.
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+# True while modules are built whose weights a checkpoint will give (restore, resume): init_weights is not read.
+_WEIGHTS_FROM_CHECKPOINT = contextvars.ContextVar("weights_from_checkpoint", default=False)
+
+
+@contextlib.contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Builds ImageClassifiers without reading ``model.init_weights``: for a module a checkpoint is loaded into (or
+    whose caller calls :meth:`ImageClassifier.load_init_weights` once it knows no checkpoint will be)."""
+    token = _WEIGHTS_FROM_CHECKPOINT.set(True)
+    try:
+        yield
+    finally:
+        _WEIGHTS_FROM_CHECKPOINT.reset(token)
 
 
 def _check_arguments(predict_top_k: int, label_smoothing: float, val_last_epochs: int) -> None:
@@ -114,9 +133,12 @@ class ImageClassifier(L.LightningModule):
             else the raw ones; the EMA weights usually score higher (compare ``val/acc1_ema``).
         predict_top_k: classes (with probabilities) returned per image by ``predict_step``.
         init_weights: fine-tune from this torchvision-style state_dict file (``resnet-ffcv export``'s output or
-            torchvision's ``resnet50-0676ba61.pth``), loaded at construction, before the EMA copy is made. A head of
-            another class count is replaced by a fresh one; every other weight must match. A resumed run's
-            checkpoint is loaded after construction, so it wins over this file.
+            torchvision's ``resnet50-0676ba61.pth``), into the network and its EMA copy. A head of another class
+            count is replaced by a fresh one; every other weight must match. Read only where no checkpoint gives
+            the weights: a fresh ``fit`` (or validate/predict without ``--ckpt_path``); a resumed run, validate,
+            predict, evaluate or export from a checkpoint never opens it, so the file may be gone by then. Built
+            directly in Python the module reads it at construction (not within :func:`weights_from_checkpoint`,
+            which ``load_from_checkpoint`` uses).
         freeze_backbone_epochs: train only the classifier head for this many first epochs (BatchNorm statistics
             still adapt); the optimizer holds every parameter throughout and skips those without gradients.
 
@@ -181,12 +203,12 @@ class ImageClassifier(L.LightningModule):
         """The torchvision network (from ``init_weights`` for a fine-tune), its EMA copy, and torch.compile."""
         h = self.hparams
         self.network = build_network(h.arch, h.num_classes, h.blurpool, h.zero_init_residual, h.channels_last)
-        if h.init_weights is not None:
-            for note in load_init_weights(self.network, h.init_weights, h.num_classes):
-                rank_zero_info(f"model.init_weights: {note}")
         # A registered submodule: moved with the module and saved in its state_dict (so in every checkpoint).
         # With a horizon in epochs the decay is set when training starts (_start_epoch): 0.9998 until then.
         self.ema = EMA(self.network, 0.9998 if h.ema_decay is None else h.ema_decay) if h.use_ema else None
+        self.init_weights_loaded = False
+        if not _WEIGHTS_FROM_CHECKPOINT.get():
+            self.load_init_weights()
         # Every forward pass of the network and the EMA copy goes through this when compiled (see _run).
         self._compiled: CompiledNetworks | None = None
         if h.compile:
@@ -196,6 +218,24 @@ class ImageClassifier(L.LightningModule):
         self.memory_format = torch.channels_last if h.channels_last else torch.contiguous_format
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def load_init_weights(self) -> None:
+        """``init_weights`` into the network and the EMA copy, once (nothing without it): for a module that no
+        checkpoint gives its weights. The head-replacement note is printed here, so once per fresh fit."""
+        h = self.hparams
+        if h.init_weights is None or self.init_weights_loaded:
+            return
+        for note in load_init_weights(self.network, h.init_weights, h.num_classes):
+            rank_zero_info(f"model.init_weights: {note}")
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.network.state_dict())
+        self.init_weights_loaded = True
+
+    @classmethod
+    def load_from_checkpoint(cls, *args, **kwargs):
+        """Lightning's, with the checkpoint's weights only: its ``init_weights`` file is not read (maybe gone)."""
+        with weights_from_checkpoint():
+            return super().load_from_checkpoint(*args, **kwargs)
 
     def configure_training(self) -> None:
         """The LR schedule, MixUp/CutMix, the frozen backbone of a fine-tune and the gradient statistics."""

@@ -49,8 +49,11 @@ CHECKSUM_SUFFIX = ".sha256"
 PREVIOUS_PREFIX = "previous-"
 
 # Hyperparameters that may differ between a checkpoint and the rerun's config without asking: where the data
-# lives and how fast it is read change no result (a spot machine may mount the dataset elsewhere).
-IGNORED_HPARAMS = frozenset({"data.data_dir", "data.num_workers", "data.os_cache", "data.batches_ahead"})
+# lives and how fast it is read change no result (a spot machine may mount the dataset elsewhere), and a resumed
+# run never reads model.init_weights (the checkpoint holds the weights).
+IGNORED_HPARAMS = frozenset(
+    {"data.data_dir", "data.num_workers", "data.os_cache", "data.batches_ahead", "model.init_weights"}
+)
 
 
 class IncompatibleCheckpointError(UserError, ValueError):

@@ -2,6 +2,7 @@
 
     resnet-ffcv evaluate --ckpt_path /data/checkpoints/best_model.ckpt --data_dir /data/ffcv \\
         [--resolutions 224 256 288] [--crop_ratios 0.875 1.0] [--tta both]
+    resnet-ffcv evaluate --run /data/runs/p4d_78pct [...]     # the run's best checkpoint and data_dir
 
 None of these cost anything at training time (FixRes: a random-resized-crop-trained network sees objects larger
 than a centre crop shows them, so it often scores higher at a test resolution above its last training one), so
@@ -171,6 +172,8 @@ def evaluate(
 
     Args:
         ckpt_path: a checkpoint written by ``resnet-ffcv fit`` (``best_model.ckpt``, ``checkpoint_latest.ckpt``).
+            Or ``--run RUN_DIR`` (a fit's run_dir) for this, ``--data_dir`` and ``--val_file``: its best
+            checkpoint and its config.yaml's data (any of them given as well wins).
         data_dir: the folder holding ``val_file`` and ``classes.json`` (``resnet-ffcv write-dataset``).
         val_file: the split to evaluate, relative to ``data_dir``.
         resolutions: centre-crop sides in pixels (multiples of 8), e.g. ``--resolutions 224 256 288``.
@@ -254,8 +257,25 @@ def join_list_options(argv: list[str]) -> list[str]:
     return joined
 
 
+def run_arguments(argv: list[str]) -> list[str]:
+    """``--run RUN_DIR``: ``--ckpt_path`` (the run's best checkpoint), ``--data_dir`` and ``--val_file`` from the
+    run's config.yaml, ahead of the other arguments (which override them)."""
+    from resnet_ffcv.run_dir import run_checkpoint, run_config_value, take_run_option
+
+    run, rest = take_run_option(argv)
+    if run is None:
+        return argv
+    found = {
+        option: run_config_value(run, key)
+        for option, key in (("--data_dir", "data.data_dir"), ("--val_file", "data.val_file"))
+    }
+    return [*run_checkpoint(run, rest), *(f"{option}={value}" for option, value in found.items() if value), *rest]
+
+
 def evaluate_command(argv: list[str]) -> None:
-    """``resnet-ffcv evaluate ARGS``; a user's mistake raises a UserError, which the CLI prints as one line."""
+    """``resnet-ffcv evaluate ARGS``; a user's mistake raises a UserError, which the CLI prints as one line.
+
+    ``--run RUN_DIR`` (a fit's run_dir) stands for its best checkpoint and its data: no path retyped."""
     from jsonargparse import auto_cli
 
-    auto_cli(evaluate, args=join_list_options(argv), as_positional=False, prog="resnet-ffcv evaluate")
+    auto_cli(evaluate, args=join_list_options(run_arguments(argv)), as_positional=False, prog="resnet-ffcv evaluate")
