@@ -68,5 +68,6 @@ case $rc in
     say "stalled (stacks in the run directory's stalls/, paragraph above); checkpoint_latest.ckpt is untouched:"
     say "rerun this same command to resume (fit allows watchdog.max_restarts stalls per run, then fails with 1)"
     exit "$STALLED" ;;
+  2) say "a check before training refused (the error above says what to change)"; exit 2 ;;
   *) say "training failed (resnet-ffcv exit code $rc)"; exit 1 ;;
 esac

@@ -25,7 +25,7 @@ LAYERS = [
     {"resnet_ffcv.dataset"},  # the file format and writing: runs without Lightning or torch
     {"resnet_ffcv.data", "resnet_ffcv.recipe", "resnet_ffcv.run"},  # loading; the LightningModule; run safety
     {"resnet_ffcv.callbacks"},
-    {"resnet_ffcv.config_checks", "resnet_ffcv.run_dir"},
+    {"resnet_ffcv.config_checks", "resnet_ffcv.run_dir", "resnet_ffcv.parse_errors"},
     {"resnet_ffcv.lightning_cli"},
     {"resnet_ffcv.tools", "resnet_ffcv.cli"},  # the commands; cli loads them by name only when chosen
 ]

@@ -143,9 +143,9 @@ def check_fit_path(fit: dict, markdown: str) -> None:
     assert len(fit["plan"]) == 5 and first["planned_count"] == second["planned_count"] == 5
     assert fit["compile"]["per_process"] == [3, 3] and fit["compile"]["distinct"] == sorted(fit["plan"])
     assert [c["graph"] for c in second["compiles"]][0] == "train network 48 px x 4" and not fit["compile"]["unplanned"]
-    # Saves: the ends of epochs 0 and 1, the interruption, the end of the run.
+    # Saves (epochs as the log counts them, from 1): the ends of epochs 1 and 2, the interruption, the end of the run.
     assert [(s["epoch"], s["step"]) for p in (first, second) for s in p["saves"]] == [
-        (0, 6), (1, 12), (2, saved["global_step"]), (2, 18)
+        (1, 6), (2, 12), (3, saved["global_step"]), (3, 18)
     ]  # fmt: skip
     assert 0 < first["startup_seconds"] < first["time_to_first_step_seconds"] < first["wall_seconds"]
     assert [(s["resolution"], s["batch"]) for s in fit["stages"]] == [(32, 4), (40, 4), (48, 4)]

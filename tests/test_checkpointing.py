@@ -72,7 +72,7 @@ def test_checkpoint_directory_survives_crashes_and_resumes(tmp_path, ffcv_dir):
         r"Resuming from \S+checkpoint_epoch_1\.ckpt: checkpoint_latest\.ckpt is unreadable \(\w+", b.output
     ), b.output
     assert not list(checkpoints.glob(".*.tmp"))  # the stale temp file was cleaned up
-    assert re.search(r"Target accuracy reached: val/acc5 = [\d.]+ >= 0\.01 after epoch 1", b.output), b.output
+    assert re.search(r"Target accuracy reached: val/acc5 = [\d.]+ >= 0\.01 after epoch 2", b.output), b.output
     final = load(checkpoints / "checkpoint_latest.ckpt")
     assert final["epoch"] == 1 and final["global_step"] == 2 * epoch0_step  # stopped at epoch 1 of 0..3
     assert load(checkpoints / "best_model.ckpt")["global_step"] >= epoch0_step
@@ -84,7 +84,7 @@ def test_checkpoint_directory_survives_crashes_and_resumes(tmp_path, ffcv_dir):
     # The same command once more ("just rerun it"): the checkpoint says the target was met; nothing is touched.
     again = CLIProcess("fit", "--config", str(with_target), *target)
     assert again.finish() == 0, again.output
-    assert "already finished (the target accuracy was reached (val/acc5, after epoch 1)" in again.output
+    assert "already finished (the target accuracy was reached (val/acc5, after epoch 2)" in again.output
     assert offline_run_ids(logs) == {run_id}  # no new W&B run
     assert load(checkpoints / "checkpoint_latest.ckpt")["global_step"] == 2 * epoch0_step
 

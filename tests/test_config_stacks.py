@@ -180,7 +180,7 @@ def test_ffcv_rn50_16_epochs_runs_two_epochs_through_the_cli(ffcv_dir, tmp_path)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    assert f"Saved {tmp_path / 'checkpoints' / LATEST} (epoch 1, step 4)" in output, output[-3000:]
+    assert f"Saved {tmp_path / 'checkpoints' / LATEST} (epoch 2, step 4)" in output, output[-3000:]
     assert (tmp_path / "checkpoints" / "best_model.ckpt").is_file()
     assert list((tmp_path / "logs" / "wandb").glob("offline-run-*")), "no offline W&B run"
 
@@ -293,7 +293,9 @@ def test_every_config_is_covered():
 
 
 def test_main_exit_code_for_config_errors(tmp_path, capsys):
-    """In-process: main() turns the ConfigError into SystemExit with the paragraph (what the shell sees)."""
+    """In-process: main() turns the ConfigError into SystemExit 2 (a check before training refused) with the
+    paragraph on stderr and as the exception's text."""
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(P4D), "--model.lr=-1", f"--data.data_dir={tmp_path}"])
-    assert isinstance(exit_info.value.code, str) and "model.lr=-1" in exit_info.value.code
+    assert exit_info.value.code == 2 and "model.lr=-1" in str(exit_info.value)
+    assert "model.lr=-1" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from resnet_ffcv.callbacks.spot import INTERRUPTED_EXIT_CODE
 
@@ -81,7 +82,11 @@ def test_resume_after_spot_notice_matches_an_uninterrupted_run(tmp_path, imds):
         callbacks = [{**probe, "init_args": {"out_dir": str(run)}} for probe in probes]
         # The probes are trainer.callbacks; SpotInterruption (the spot: section) is added after them, so they
         # record a batch before it may stop at its end.
-        return write_config(run, data, extra_callbacks=callbacks, spot=spot)
+        path = write_config(run, data, extra_callbacks=callbacks, spot=spot)
+        settings = yaml.safe_load(path.read_text())
+        settings["summary"] = {"path": str(run / "summary.json")}
+        path.write_text(yaml.safe_dump(settings))
+        return path
 
     whole, split = config("whole"), config("split")
     uninterrupted = CLIProcess("fit", "--config", str(whole), *args)
@@ -107,3 +112,6 @@ def test_resume_after_spot_notice_matches_an_uninterrupted_run(tmp_path, imds):
     epoch1 = [i for e, _, labels in before + after if e == 1 for i in labels]
     assert sorted(epoch1) == list(range(TRAIN)), "no repeats, no skips"
     assert digest(split.parent) == digest(whole.parent), "weights (EMA included) equal the uninterrupted run's"
+    # The summary counts every image once across the stop (the interrupted batch was trained and saved).
+    for run in (whole, split):
+        assert json.loads((run.parent / "summary.json").read_text())["images_seen"] == len(expected) * BATCH

@@ -84,6 +84,9 @@ def test_fine_tune_through_the_cli_with_a_frozen_backbone(exported, ffcv_dir, tm
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "new classifier head 'fc'" in result.stderr
+    # What the run starts from, and the freeze, in the log (epochs counted from 1 as everywhere a user reads).
+    assert f": starting from init_weights {exported['path']}" in result.stderr, result.stderr[-3000:]
+    assert "model.freeze_backbone_epochs=1: epoch 1, backbone frozen" in result.stderr
     state = load_checkpoint(tmp_path / "demo_output/run/checkpoints/checkpoint_latest.ckpt")["state_dict"]
     for key, value in backbone(state).items():
         assert torch.equal(value, exported[key]), key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -95,7 +96,11 @@ def test_plan_p4d_config_on_this_cpu(capsys, tmp_path):
     assert [row["stage"]["epochs"] for row in saved["stages"]] == [20, 20, 20]
     assert saved["devices"] == 8 and saved["train_images"] == 1_281_167 and saved["price_per_hour"] == 11.0
     assert all(row["loader_images_per_s"] is None for row in saved["stages"])  # no data: synthetic only
-    assert saved["total_cost_usd"] == pytest.approx(saved["total_seconds"] / 3600 * 11.0)
+    # A CPU's speed times 8 "GPUs" is no price: said up front, hours at CPU speed, no dollar total.
+    assert saved["on_cpu"] and saved["total_cost_usd"] is None
+    assert out.startswith("CPU FIGURES: no GPU here")
+    assert re.search(r"total: [\d.]+ (h|min) to epoch 60 at CPU speed; no cost", out), out
+    assert not re.search(r"\$[\d,]+\.\d\d at \$11", out)
     assert "synthetic batches only" in out and "measured eagerly" in out and "$11.00/h" in out
     assert "5 graphs" in out and "compile time per graph not measured" in out  # the count, and why no time
     # p4d validates every 5th epoch and the last 10 (20 of 60), raw + EMA with flip TTA: 4 passes of 50,000 images.
@@ -167,10 +172,14 @@ def test_plan_on_a_cpu_says_what_it_measures_and_stops_promptly_on_sigterm(tmp_p
     )
     process = subprocess.Popen(command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        first = process.stderr.readline()
+        before, first = [], process.stderr.readline()
         while first and "timing" not in first:
+            before.append(first)
             first = process.stderr.readline()
-        assert "stage 1/3" in first and "at batch 8 on cpu" in first, first
+        assert "stage 1/3" in first and "at batch 4 on cpu" in first, first
+        # Up front, before any figure: these are CPU figures, and no cost comes from them.
+        assert any("plan: no GPU on this machine: measuring on the CPU. The figures are CPU figures" in line
+                   for line in before), before  # fmt: skip
         time.sleep(3)  # inside the Trainer's steps now
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -179,4 +188,6 @@ def test_plan_on_a_cpu_says_what_it_measures_and_stops_promptly_on_sigterm(tmp_p
     finally:
         process.kill()
     assert waited < 10, f"plan took {waited:.1f} s to stop after SIGTERM"
-    assert process.returncode != 0 and "stopped by signal SIGTERM" in process.stderr.read()
+    rest = process.stderr.read()
+    assert process.returncode != 0 and "stopped by signal SIGTERM" in rest
+    assert "EMA: half-life 2 epochs x 400 optimizer steps per epoch (global batch 4)" in rest, rest[-2000:]

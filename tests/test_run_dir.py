@@ -109,14 +109,19 @@ def test_fit_and_resume_fill_the_run_dir(ffcv_dir, tmp_path):
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["epochs_completed"] == 2 and summary["global_step"] == 8
-    assert summary["best_epoch"] in (0, 1)
+    assert summary["best_epoch"] in (1, 2)  # counted from 1, like checkpoint_epoch_N and the progress lines
     assert set(summary["best"]) == {f"val/acc{k}{s}" for k in (1, 5) for s in ("", "_ema", "_best")}
-    assert summary["final"]["epoch"] == 1 and 0 <= summary["final"]["val/acc1"] <= 1
+    assert summary["final"]["epoch"] == 2 and 0 <= summary["final"]["val/acc1"] <= 1
     assert summary["checkpoints"]["latest"] == str(run / "checkpoints" / "checkpoint_latest.ckpt")
     assert summary["checkpoints"]["best"] == str(run / "checkpoints" / "best_model.ckpt")
     assert summary["images_seen"] == 2 * 4 * 4 and summary["images_per_sec"] > 0
     assert summary["cost_usd"] == 0.0 and summary["wall_hours"] > 0
     assert "Run summary (finished): 2 epochs, step 8" in first.stdout + first.stderr
+    # One epoch count for all a user reads, from 1: each best figure printed at its own epoch, the log's "Epoch N:".
+    raw1, raw5 = (summary["best"][f"val/acc{k}"] for k in (1, 5))
+    best_line = f"raw {raw1['value']:.2%} (epoch {raw1['epoch']}) / {raw5['value']:.2%} (epoch {raw5['epoch']})"
+    assert best_line in first.stdout + first.stderr
+    assert "Epoch 0:" not in first.stdout + first.stderr and "(epoch 0," not in first.stdout + first.stderr
     assert {"val/acc1_best_max", "val/acc1_ema_max", "run/best_epoch"} <= wandb_summary_keys(run / "logs")
 
     first_rows = metric_rows(run / "metrics.csv")

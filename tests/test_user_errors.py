@@ -28,6 +28,7 @@ def test_fit_with_a_missing_data_dir_names_the_path(tmp_path):
     config = write_config(tmp_path, missing)
     result = run_cli("fit", "--config", str(config), cwd=tmp_path)
     assert_one_paragraph(result, "fit", str(missing / "classes.json"), "data.data_dir")
+    assert result.returncode == 2  # a check before training refused (README, docs/spot-safety.md)
 
 
 def test_fit_config_listing_spot_callbacks_names_the_new_sections(tmp_path, ffcv_dir):
@@ -70,3 +71,48 @@ def test_bad_model_and_resolution_values_are_one_line_naming_the_key(tmp_path, f
     assert_one_paragraph(smoothing, "fit", "model.label_smoothing=1.5", "[0, 1)")
     stages = run_cli("fit", "--config", str(config), "--resolution.stages", "[{start_epoch: 1, resolution: 64}]")
     assert_one_paragraph(stages, "fit", "resolution.stages[0].start_epoch=1", "expected 0")
+
+
+def test_config_key_typo_and_wrong_type_are_one_paragraph_not_the_usage(tmp_path):
+    """A mistyped key in a YAML and a value of the wrong type: key, source, expectation, a guess; no usage dump."""
+    config = write_config(tmp_path, tmp_path / "data")
+    (tmp_path / "typo.yaml").write_text("trainer:\n  max_epoch: 3\n")
+    typo = run_cli("fit", "--config", str(config), "--config", "typo.yaml", cwd=tmp_path)
+    line = assert_one_paragraph(typo, "fit", "trainer.max_epoch (in typo.yaml)", "Did you mean `trainer.max_epochs`?")
+    assert "`resnet-ffcv fit --help` lists every key" in line
+    assert typo.returncode == 2 and len(typo.stderr.splitlines()) <= 3, typo.stderr
+    wrong = run_cli("fit", "--config", str(config), "--model.lr", "abc", cwd=tmp_path)
+    assert_one_paragraph(wrong, "fit", "model.lr=abc (command line)", "expected a number")
+    assert wrong.returncode == 2 and "usage:" not in wrong.stderr, wrong.stderr
+
+
+def test_num_classes_below_two_is_one_paragraph_naming_both_counts(tmp_path, ffcv_dir):
+    result = run_cli("fit", "--config", str(write_config(tmp_path, ffcv_dir)), "--data.num_classes", "1")
+    assert_one_paragraph(result, "fit", "data.num_classes=1", "at least 2 classes", "lists 10 classes")
+    assert result.returncode == 2
+
+
+def test_predict_with_a_checkpoint_of_another_class_count_is_refused_before_anything_runs(tmp_path, ffcv_dir):
+    """A 5-class checkpoint against a 10-class data_dir: both counts and the fix, not a state_dict traceback."""
+    checkpoint = trained_checkpoint(tmp_path / "five.ckpt", num_classes=5)
+    config = write_config(tmp_path, ffcv_dir)
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "predict", "--config", str(config), f"--ckpt_path={checkpoint}", f"--data.predict_path={ffcv_dir / 'val.ffcv'}",
+        f"--run_dir={run_dir}",
+    )  # fmt: skip
+    line = assert_one_paragraph(result, "predict", f"{checkpoint} was trained for 5 classes", "lists 10")
+    assert "--data.num_classes 5" in line and result.returncode == 2
+    assert not run_dir.exists() and not (tmp_path / "logs").exists()
+
+
+def test_missing_train_ffcv_exits_2_before_the_run_directory_and_wandb_run_exist(tmp_path, ffcv_dir):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("classes.json", "val.ffcv"):
+        shutil.copy(ffcv_dir / name, data / name)
+    run_dir = tmp_path / "run"
+    result = run_cli("fit", "--config", str(write_config(tmp_path, data)), f"--run_dir={run_dir}")
+    assert_one_paragraph(result, "fit", f"data.data_dir={data} is incomplete", str(data / "train.ffcv"))
+    assert result.returncode == 2
+    assert not run_dir.exists() and not (tmp_path / "logs").exists() and not (tmp_path / "checkpoints").exists()

@@ -38,7 +38,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ),
     "make-synthetic": Subcommand(
         "the demo's learnable image set, as real JPEG files",
-        "resnet_ffcv.dataset.synthetic:make_synthetic_imagefolder",
+        "resnet_ffcv.dataset.synthetic:make_synthetic_command",
     ),
     "inspect-dataset": Subcommand(
         "counts, fields, label histogram, size stats and a PNG grid of a .ffcv file",

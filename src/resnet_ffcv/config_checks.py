@@ -105,22 +105,79 @@ def schedule_problems(model: Any, max_epochs: int | None) -> list[str]:
 
 
 def num_classes_problems(data: Any) -> list[str]:
-    """``data.num_classes`` set above the class count of ``classes.json``: outputs no label ever trains.
+    """``data.num_classes`` below 2 (no classifier; torchmetrics would refuse it with a traceback) or above the
+    class count of ``classes.json`` (outputs no label ever trains).
 
-    Smaller counts are caught by the datamodule (labels out of range); a missing file is reported there too.
+    Other smaller counts are caught by the datamodule (labels out of range); a missing file by
+    :func:`data_file_problems`.
     """
     num_classes = _get(data, "num_classes")
     classes_path = Path(str(_get(data, "data_dir", ""))) / CLASSES_FILE
-    if num_classes is None or not classes_path.is_file():
-        return []
-    count = len(load_classes(classes_path))
-    if num_classes <= count:
+    count = len(load_classes(classes_path)) if classes_path.is_file() else None
+    listed = f"{classes_path} lists {count} classes" if count is not None else f"{classes_path} is missing"
+    if num_classes is not None and num_classes < 2:
+        return [
+            f"data.num_classes={num_classes} but a classifier needs at least 2 classes ({listed}). Leave "
+            "data.num_classes unset to take the count from classes.json, or set it to the number of classes."
+        ]
+    if count is not None and count < 2 and num_classes is None:
+        return [f"{listed}: a classifier needs at least 2 classes; write the dataset with two or more class folders."]
+    if num_classes is None or count is None or num_classes <= count:
         return []
     return [
-        f"data.num_classes={num_classes} but {classes_path} lists {count} classes: the network would get "
+        f"data.num_classes={num_classes} but {listed}: the network would get "
         f"{num_classes - count} outputs no label uses. Expected at most {count}; leave data.num_classes unset "
         "to take the count from classes.json."
     ]
+
+
+def data_file_problems(data: Any, splits: Iterable[str] = ("train", "val")) -> list[str]:
+    """The files a subcommand reads, missing: found before a run directory, W&B run or summary is created.
+
+    ``splits``: ``train`` and/or ``val`` (``data.train_file`` / ``data.val_file``); ``classes.json`` is needed
+    unless ``data.num_classes`` is set.
+    """
+    data_dir = Path(str(_get(data, "data_dir", "")))
+    wanted = [] if _get(data, "num_classes") is not None else [data_dir / CLASSES_FILE]
+    wanted += [data_dir / str(_get(data, f"{split}_file", f"{split}.ffcv")) for split in splits]
+    missing = [str(path) for path in wanted if not path.is_file()]
+    if not missing:
+        return []
+    where = "does not exist" if not data_dir.is_dir() else "is incomplete"
+    return [
+        f"data.data_dir={data_dir} {where}: missing {', '.join(missing)} (written by `resnet-ffcv write-dataset`). "
+        "Set data.data_dir to the folder holding them."
+    ]
+
+
+def checkpoint_class_problems(config: Any, ckpt_path: str | None) -> list[str]:
+    """validate/test/predict with a checkpoint whose network has another class count than the data's: Lightning
+    would fail loading it with a size-mismatch traceback. (The architecture and the other model keys LightningCLI
+    takes from the checkpoint's hyperparameters itself; the class count is linked from the data.)"""
+    if ckpt_path is None or "://" in str(ckpt_path) or not Path(ckpt_path).is_file():
+        return []  # "best"/"last"/remote: Lightning resolves and reports those itself
+    from resnet_ffcv.run.resume import load_checkpoint_header
+
+    try:
+        saved = load_checkpoint_header(Path(ckpt_path), verify=False).get("hyper_parameters", {})
+    except Exception:  # noqa: BLE001 - not ours to judge here: Lightning's own load reports it
+        return []
+    data = _get(config, "data")
+    problems = []
+    classes_path = Path(str(_get(data, "data_dir", ""))) / CLASSES_FILE
+    num_classes = _get(data, "num_classes")
+    if num_classes is None and classes_path.is_file():
+        num_classes, source = len(load_classes(classes_path)), f"{classes_path} lists"
+    else:
+        source = "data.num_classes is"
+    trained = saved.get("num_classes")
+    if trained is not None and num_classes is not None and trained != num_classes:
+        problems.append(
+            f"{ckpt_path} was trained for {trained} classes, but {source} {num_classes}. Point data.data_dir at "
+            f"the dataset it was trained on (its classes.json names the {trained} classes), or set "
+            f"--data.num_classes {trained}."
+        )
+    return problems
 
 
 # Callbacks that are config sections of their own (always present for fit), by class name -> section.
@@ -156,7 +213,19 @@ def fit_config_problems(config: Any) -> list[str]:
 
 def check_fit_config(config: Any) -> None:
     """Raises one ConfigError paragraph listing every problem; called by the CLI before anything is built."""
-    problems = fit_config_problems(config)
+    validates = _get(_get(config, "trainer"), "limit_val_batches") != 0
+    splits = ("train", "val") if validates else ("train",)
+    raise_problems([*fit_config_problems(config), *data_file_problems(_get(config, "data"), splits)])
+
+
+def check_eval_config(config: Any, subcommand: str) -> None:
+    """validate/test/predict: the class count (also against ``--ckpt_path``'s network) and the files read."""
+    data = _get(config, "data")
+    files = data_file_problems(data, () if subcommand == "predict" else ("val",))  # predict: its own inputs
+    raise_problems([*files, *num_classes_problems(data), *checkpoint_class_problems(config, _get(config, "ckpt_path"))])
+
+
+def raise_problems(problems: list[str]) -> None:
     if problems:
         count = "Config problem" if len(problems) == 1 else f"{len(problems)} config problems"
-        raise ConfigError(" ".join([f"{count}, found before training:", *problems]))
+        raise ConfigError(" ".join([f"{count}, found before anything ran:", *problems]))

@@ -23,6 +23,18 @@ def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+class UserErrorExit(SystemExit):
+    """How the CLI ends on a user error: exit status ``code`` (the message is printed already), and ``str()`` of
+    it is the message, so a caller catching SystemExit (a test, a wrapper) can still read what went wrong."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 # Each also subclasses the built-in type it replaced, so code (and tests) catching ValueError, OSError or
 # FileNotFoundError still catch these.
 class InvalidValue(UserError, ValueError):

@@ -39,10 +39,11 @@ from resnet_ffcv.callbacks.run_summary import RunSummary
 from resnet_ffcv.callbacks.spot import SpotInterruption, TrainingInterrupted
 from resnet_ffcv.callbacks.target_accuracy import TargetAccuracyStop
 from resnet_ffcv.callbacks.watchdog import Watchdog
-from resnet_ffcv.config_checks import ConfigError, check_fit_config
+from resnet_ffcv.config_checks import ConfigError, check_eval_config, check_fit_config
 from resnet_ffcv.data.datamodule import FFCVDataModule
 from resnet_ffcv.data.resolution import ResolutionSchedule
-from resnet_ffcv.errors import UserError, debug_enabled
+from resnet_ffcv.errors import UserError, UserErrorExit, debug_enabled
+from resnet_ffcv.parse_errors import OneParagraphParser
 from resnet_ffcv.recipe.module import ImageClassifier, weights_from_checkpoint
 from resnet_ffcv.run import checkpoint_lock
 from resnet_ffcv.run.resume import (
@@ -114,8 +115,13 @@ class LoggedSaveConfig(SaveConfigCallback):
 
 
 class ResNetCLI(LightningCLI):
+    def __init__(self, *args, **kwargs) -> None:
+        # A mistyped key or a wrong type: one paragraph (key, source, expected, close keys), not the usage dump.
+        super().__init__(*args, parser_class=OneParagraphParser, **kwargs)
+
     def parse_arguments(self, parser, args) -> None:
         self.command_line = list(sys.argv[1:] if args is None else args)  # what was typed, not what configs said
+        OneParagraphParser.argv = tuple(self.command_line)  # where a refused key came from
         super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -160,6 +166,11 @@ class ResNetCLI(LightningCLI):
             check_fit_config(self.config.fit)
             if not self.config.fit.spot.handle_signals and signal.getsignal(signal.SIGTERM) == STOP.handler:
                 StopSignals.restore({signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler})
+        elif self.subcommand in ("validate", "test", "predict"):  # before the run directory, logger or model
+            check_eval_config(self.config[self.subcommand], self.subcommand)
+            # A fit checkpoint holds the states of fit's callbacks (SpotCheckpoint, SpotInterruption, ...), which
+            # an evaluation never builds and has no use for; Lightning warns about each on every run.
+            warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used")
         logger = self.config[self.subcommand].trainer.logger if self.subcommand else None
         if is_wandb_logger(logger):
             fall_back_to_offline_without_credentials(logger.get("init_args"))
@@ -246,8 +257,10 @@ class ResNetCLI(LightningCLI):
             print(message, file=sys.stderr)
             raise TrainingInterrupted(message)
         checkpoint_dir = configured_checkpoint_dir(self.trainer)
+        init_weights = model.hparams.get("init_weights")
+        fresh = f"from init_weights {init_weights}" if init_weights else "from scratch"  # what a fresh run loads
         if checkpoint_dir is None:
-            ckpt_path = resolve_resume_path(self.trainer, ckpt_path)
+            ckpt_path = resolve_resume_path(self.trainer, ckpt_path, fresh)
             if ckpt_path is None:
                 model.load_init_weights()
             self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -259,9 +272,9 @@ class ResNetCLI(LightningCLI):
             checkpoint_lock.acquire(checkpoint_dir)  # held until this process exits
         if options.get("fresh_start") and ckpt_path is None:
             moved = move_aside(checkpoint_dir) if is_zero else None
-            rank_zero_info(f"--fresh_start: starting from scratch{f'; old files moved to {moved}' if moved else ''}")
+            rank_zero_info(f"--fresh_start: starting {fresh}{f'; old files moved to {moved}' if moved else ''}")
         else:
-            ckpt_path = resolve_resume_path(self.trainer, ckpt_path)
+            ckpt_path = resolve_resume_path(self.trainer, ckpt_path, fresh)
         if ckpt_path is not None:
             check_compatible(Path(ckpt_path), model)
             resumed = self._checked_resume(Path(ckpt_path), model, datamodule, options.get("resume_with"))
@@ -403,15 +416,14 @@ def run(argv: list[str]) -> None:
             )
     except TrainingInterrupted as interruption:
         sys.exit(interruption.exit_code)
-    except checkpoint_lock.CheckpointGuardError as error:  # a refusal before training (2), a full disk (74)
-        if debug_enabled():
-            raise
-        print(f"{' '.join(filter(None, ('resnet-ffcv', subcommand)))}: error: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
+    # A refusal before training: a config, data, checkpoint or input problem, the lock, the directory (2); a full
+    # disk during a save (74).
     except UserError as error:
         if debug_enabled():
             raise
-        sys.exit(f"{' '.join(filter(None, ('resnet-ffcv', subcommand)))}: error: {error}")
+        message = f"{' '.join(filter(None, ('resnet-ffcv', subcommand)))}: error: {error}"
+        print(message, file=sys.stderr)
+        raise UserErrorExit(message, getattr(error, "exit_code", checkpoint_lock.CHECK_FAILED_EXIT_CODE)) from None
     except RuntimeError as error:
         if not is_collective_timeout(error):  # the watchdog callback exits 76 on these inside fit; this is the
             raise  # rest (a rendezvous or a collective outside the training loop)

@@ -232,7 +232,7 @@ class SpotCheckpoint(ModelCheckpoint):
             trainer.strategy.barrier("SpotCheckpoint.upload")
         if self.verbose:
             rank_zero_info(
-                f"Saved {path} (epoch {trainer.current_epoch}, step {trainer.global_step}) "
+                f"Saved {path} (epoch {trainer.current_epoch + 1}, step {trainer.global_step}) "
                 f"in {time.perf_counter() - started:.1f} s"
             )
         return path
@@ -256,7 +256,7 @@ class SpotCheckpoint(ModelCheckpoint):
         self.kth_best_model_path = self.best_model_path = path
         self.kth_value = self.best_model_score = current
         if self.verbose:
-            rank_zero_info(f"Epoch {trainer.current_epoch}: {self.monitor} = {current.item():.4f}, new best")
+            rank_zero_info(f"Epoch {trainer.current_epoch + 1}: {self.monitor} = {current.item():.4f}, new best")
         return True
 
     def _publish(self, trainer: L.Trainer, source: Path, target: Path) -> None:

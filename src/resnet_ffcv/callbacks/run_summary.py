@@ -59,13 +59,16 @@ class RunSummary(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._process_start, self._images = time.monotonic(), 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx) -> None:
+        # Counted when the batch starts, not at its end: the spot section's callback saves a mid-epoch checkpoint
+        # in its own on_train_batch_end, which runs before this one's (the CLI's sections come first), and the
+        # resumed run skips that batch; counted at the end, every resume lost one batch from images_seen.
         self._images += images_in_batch(batch) * trainer.world_size
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        epoch = trainer.current_epoch
+        epoch = trainer.current_epoch + 1  # counted from 1, as in the progress lines and checkpoint names
         values = {key: float(trainer.callback_metrics[key]) for key in TRACKED if key in trainer.callback_metrics}
         self.final = {"epoch": epoch, **values}
         for key, value in values.items():
@@ -85,10 +88,14 @@ class RunSummary(L.Callback):
             "wall_seconds": self.wall_seconds(),
             "images_seen": self.images_seen(),
             "started": self.started,
+            "epochs_from": 1,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best, self.final = state_dict["best"], state_dict["final"]
+        if state_dict.get("epochs_from", 0) == 0:  # a checkpoint written when summaries counted epochs from 0
+            self.best = {key: {**best, "epoch": best["epoch"] + 1} for key, best in self.best.items()}
+            self.final = {**self.final, "epoch": self.final["epoch"] + 1} if "epoch" in self.final else self.final
         self.seconds_before_this_process = state_dict["wall_seconds"]
         self.images_before_this_process = state_dict["images_seen"]
         self.started = state_dict["started"]
@@ -96,7 +103,8 @@ class RunSummary(L.Callback):
 
     # -- the summary ---------------------------------------------------------------------------------------
     def summary(self, trainer: L.Trainer, status: str) -> dict[str, Any]:
-        """The summary as a JSON-ready dict; ``best_epoch`` is the epoch of the best ``val/acc1_best`` (0-based)."""
+        """The summary as a JSON-ready dict; ``best_epoch`` is the epoch of the best ``val/acc1_best``, counted from 1
+        like every epoch a user reads (progress lines, checkpoint names, logs); each best value has its own epoch."""
         wall = self.wall_seconds()
         headline = next((self.best[key] for key in ("val/acc1_best", "val/acc1") if key in self.best), None)
         checkpoint = trainer.checkpoint_callback
@@ -171,17 +179,19 @@ def format_summary(summary: dict[str, Any], path: Path | None) -> str:
 
     def accuracy(values: dict[str, Any], key: str) -> str:
         value = values.get(key)
-        value = value["value"] if isinstance(value, dict) else value
+        if isinstance(value, dict):  # a best value: at its own epoch
+            return f"{value['value']:.2%} (epoch {value['epoch']})"
         return "-" if value is None else f"{value:.2%}"
 
     lines = [
         f"Run summary ({summary['status']}): {summary['epochs_completed']} epochs, step {summary['global_step']}, "
         f"{summary['wall_hours']:.2f} h, {summary['images_per_sec'] or 0:.0f} images/s"
         + (f", ${summary['cost_usd']:.2f}" if summary["cost_usd"] else ""),
-        "  top-1 / top-5   best (epoch {}) raw {} / {}, EMA {} / {}; final raw {} / {}, EMA {} / {}".format(
-            summary["best_epoch"],
-            *(accuracy(best, f"val/acc{k}{s}") for s in ("", "_ema") for k in (1, 5)),
-            *(accuracy(final, f"val/acc{k}{s}") for s in ("", "_ema") for k in (1, 5)),
+        "  best top-1/top-5  raw {} / {}, EMA {} / {}".format(
+            *(accuracy(best, f"val/acc{k}{s}") for s in ("", "_ema") for k in (1, 5))
+        ),
+        "  final (epoch {})  raw {} / {}, EMA {} / {}".format(
+            final.get("epoch", "-"), *(accuracy(final, f"val/acc{k}{s}") for s in ("", "_ema") for k in (1, 5))
         ),
         f"  checkpoints     latest {summary['checkpoints']['latest']}, best {summary['checkpoints']['best']}",
     ]

@@ -236,13 +236,13 @@ class SpotInterruption(Callback):
             return  # the all-reduce only every N batches; one process reads its own flag every batch
         if self._all_ranks_stop(trainer):
             path = trainer.checkpoint_callback.save_latest(trainer)
-            self._exit(trainer, f"saved {path} at epoch {trainer.current_epoch}, batch {batch_idx + 1}/{batches}")
+            self._exit(trainer, f"saved {path} at epoch {trainer.current_epoch + 1}, batch {batch_idx + 1}/{batches}")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Nothing trained since the last epoch-end save, the checkpoint this run resumed from, or ever (a stop
         # during start-up): nothing new to save.
         if self._all_ranks_stop(trainer):
-            self._exit(trainer, f"stopping at the start of epoch {trainer.current_epoch}, nothing new to save")
+            self._exit(trainer, f"stopping at the start of epoch {trainer.current_epoch + 1}, nothing new to save")
 
     def _shutdown(self) -> None:
         self._closing.set()

@@ -75,5 +75,5 @@ class TargetAccuracyStop(EarlyStopping):
         best = f"; best checkpoint: {checkpoint.best_model_path}" if checkpoint and checkpoint.best_model_path else ""
         rank_zero_info(
             f"Target accuracy reached: {self.monitor}{value} >= {self.target_accuracy} "
-            f"after epoch {self.stopped_epoch}; stopping{best}"
+            f"after epoch {self.stopped_epoch + 1}; stopping{best}"
         )

@@ -319,7 +319,7 @@ class FFCVDataModule(L.LightningDataModule):
         expected = self._apply_schedule(epoch)
         if expected != loader.batch_size:
             raise RuntimeError(
-                f"epoch {epoch} wants a per-device batch size of {expected}, the train loader has "
+                f"epoch {epoch + 1} wants a per-device batch size of {expected}, the train loader has "
                 f"{loader.batch_size}: set trainer.reload_dataloaders_every_n_epochs: 1 to rebuild it"
             )
         loader.decoder.output_size = (self.train_resolution, self.train_resolution)

@@ -78,7 +78,7 @@ class ResumableOrder:
             )
         if state["batch_size"] != self.batch_size or state["world_size"] != world_size:
             warnings.warn(
-                f"resuming epoch {epoch} after {state['batches']} batches of {state['batch_size']} on "
+                f"resuming epoch {epoch + 1} after {state['batches']} batches of {state['batch_size']} on "
                 f"{state['world_size']} ranks with batches of {self.batch_size} on {world_size} ranks: "
                 "the rest of the epoch is approximate (some samples repeat or are skipped)",
                 stacklevel=2,

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from resnet_ffcv.errors import InvalidValue
+
 Box = tuple[int, int, int, int]
 Painter = Callable[[ImageDraw.ImageDraw, Box, tuple[int, int, int]], None]
 
@@ -114,12 +116,19 @@ def make_synthetic_imagefolder(
 ) -> Path:
     """Write ``root/{train,val}/<class>/<n>.JPEG`` and return ``root``.
 
-    ``min_side``/``max_side`` bound each image side in pixels (ImageNet-like: 300 and 600).
+    Args:
+        root: folder to write into (created; ImageFolder layout, ready for ``resnet-ffcv write-dataset``).
+        train_per_class: training images per class.
+        val_per_class: validation images per class.
+        num_classes: how many of the 10 shape classes to draw (1 to 10).
+        seed: random seed: the same seed writes the same images.
+        min_side: shortest allowed image side in pixels (ImageNet-like: 300).
+        max_side: longest allowed image side in pixels (ImageNet-like: 600).
     """
     if not 1 <= num_classes <= len(CLASSES):
-        raise ValueError(f"num_classes={num_classes}: expected 1..{len(CLASSES)}")
+        raise InvalidValue(f"num_classes={num_classes}: expected 1..{len(CLASSES)}")
     if not 16 <= min_side <= max_side:
-        raise ValueError(f"min_side={min_side}, max_side={max_side}: expected 16 <= min_side <= max_side")
+        raise InvalidValue(f"min_side={min_side}, max_side={max_side}: expected 16 <= min_side <= max_side")
     root = Path(root)
     rng = random.Random(seed)
     for split, per_class in (("train", train_per_class), ("val", val_per_class)):
@@ -129,3 +138,34 @@ def make_synthetic_imagefolder(
             for n in range(per_class):
                 draw_sample(class_index, rng, min_side, max_side).save(class_dir / f"{n:05d}.JPEG", quality=90)
     return root
+
+
+def make_synthetic_command(
+    root: str,
+    train_per_class: int = 60,
+    val_per_class: int = 20,
+    num_classes: int = len(CLASSES),
+    seed: int = 0,
+    min_side: int = 64,
+    max_side: int = 400,
+) -> None:
+    """The demo's learnable image set (coloured shapes on noise) as JPEG files in ImageFolder layout.
+
+    Then ``resnet-ffcv write-dataset --source_dir ROOT`` makes the .ffcv files.
+
+    Args:
+        root: folder to write into (created; ImageFolder layout: root/train/<class>/, root/val/<class>/).
+        train_per_class: training images per class.
+        val_per_class: validation images per class.
+        num_classes: how many of the 10 shape classes to draw (1 to 10).
+        seed: random seed: the same seed writes the same images.
+        min_side: shortest allowed image side in pixels (ImageNet-like: 300).
+        max_side: longest allowed image side in pixels (ImageNet-like: 600).
+    """
+    make_synthetic_imagefolder(root, train_per_class, val_per_class, num_classes, seed, min_side, max_side)
+    names = ", ".join(name for name, _, _ in CLASSES[:num_classes])
+    print(
+        f"wrote {train_per_class * num_classes} train and {val_per_class * num_classes} val JPEGs "
+        f"({num_classes} classes: {names}; sides {min_side}-{max_side} px) to {Path(root)}/train and "
+        f"{Path(root)}/val"
+    )

@@ -163,9 +163,14 @@ def _enforce(problems: list[Problem], policies: dict[str, Policy], report: Path)
     )
 
 
-def _write_report(path: Path, problems: list[Problem], policies: dict[str, Policy]) -> None:
+def _write_report(
+    path: Path, problems: list[Problem], policies: dict[str, Policy], written: dict[str, int] | None = None
+) -> None:
+    """``counts``: images written per split (``train/written``) and inputs left out per split and kind."""
     entries = [{**asdict(p), "action": "refused" if policies[p.kind] == "fail" else "skipped"} for p in problems]
-    counts = Counter(f"{p.split}/{p.kind}" for p in problems)
+    counts = Counter(f"{p.split}/{p.kind}" for p in problems) + Counter(
+        {f"{split}/written": images for split, images in (written or {}).items()}
+    )
     atomic.write_text(path, json.dumps({"counts": dict(sorted(counts.items())), "problems": entries}, indent=1))
 
 
@@ -276,8 +281,10 @@ def write_dataset(
         for split, listing in listings.items():
             if len(listing.source) == 0:
                 raise InputNotFound(f"{source_dir}: split {split!r} has no images to write")
-        done = _complete_splits(output_dir, job.outputs, job.fingerprints, overwrite)
+        done = _complete_splits(job, overwrite)
         todo = [split for split in splits if split not in done]
+        for split, record in done.items():
+            report.count(split, record.get("images", 0))
         report.keep_left_out_of(done)
         # Leftovers of a killed run: its workers died with it, so these are garbage.
         for leftover in output_dir.glob(f".*{PARTIAL_SUFFIX}"):
@@ -289,6 +296,7 @@ def write_dataset(
         manifest = job.manifest(done)
         for split in todo:
             record = _write_reported_split(job, split, report, num_workers, chunk_size, on_unreadable)
+            report.count(split, record["images"])
             manifest["splits"][split] = {**record, "fingerprint": job.fingerprints[split], "classes": len(classes)}
             atomic.write_text(output_dir / MANIFEST_FILE, json.dumps(manifest, indent=1))
         manifest.update(
@@ -387,10 +395,15 @@ class _Report:
     policies: dict[str, Policy]
     problems: list[Problem] = field(default_factory=list)
     previous: list[Problem] = field(default_factory=list)
+    written: dict[str, int] = field(default_factory=dict)  # images per split in the output files
 
     def add(self, problems: list[Problem]) -> None:
         self.problems += problems
-        _write_report(self.path, self.problems, self.policies)
+        _write_report(self.path, self.problems, self.policies, self.written)
+
+    def count(self, split: str, images: int) -> None:
+        self.written[split] = images
+        self.add([])
 
     def refuse_listed(self, listings: dict) -> None:
         """Records what listing the inputs found, then refuses it if a ``fail`` policy says so."""
@@ -416,10 +429,12 @@ def _write_reported_split(job: _Job, split: str, report: _Report, num_workers, c
     return record
 
 
-def _complete_splits(output_dir: Path, outputs: dict[str, Path], fingerprints: dict, overwrite: bool) -> dict:
+def _complete_splits(job: _Job, overwrite: bool) -> dict:
     """Manifest records of the splits a previous run completed with the same inputs and parameters; refuses
-    (without ``overwrite``) any other existing output."""
-    recorded = {} if overwrite else _read_manifest(output_dir).get("splits", {})
+    (without ``overwrite``) any other existing output, naming what differs."""
+    output_dir, outputs, fingerprints = job.output_dir, job.outputs, job.fingerprints
+    manifest = {} if overwrite else _read_manifest(output_dir)
+    recorded = manifest.get("splits", {})
     done = {
         split: recorded[split]
         for split in outputs
@@ -427,14 +442,33 @@ def _complete_splits(output_dir: Path, outputs: dict[str, Path], fingerprints: d
     }
     existing = [str(path) for split, path in outputs.items() if split not in done and path.exists()]
     if existing and not overwrite:
+        differences = _differences(manifest, job)
+        what = f" ({'; '.join(differences)})" if differences else ""
         raise OutputExists(
             f"{', '.join(existing)} already exist and {output_dir / MANIFEST_FILE} does not record them as "
-            "written with these inputs and parameters; pass --overwrite true to replace them"
+            f"written with these inputs and parameters{what}; pass --overwrite true to replace them, or "
+            "another --output_dir"
         )
     for split, path in outputs.items():
         if split in done:
             print(f"{split}: {path} is complete (manifest matches), skipping")
     return done
+
+
+def _differences(manifest: dict, job: _Job) -> list[str]:
+    """``max_resolution: 500 in the manifest, 400 now`` for each writer parameter; the source and the classes."""
+    recorded, now = manifest.get("writer", {}), job.writer_params
+    found = [
+        f"{key}: {recorded[key]} in the manifest, {now.get(key)} now"
+        for key in recorded
+        if recorded[key] != now.get(key)
+    ]
+    source = manifest.get("source", {}).get("path")
+    if source is not None and source != str(job.source_dir.resolve()):
+        found.append(f"source_dir: {source} in the manifest, {job.source_dir.resolve()} now")
+    if manifest.get("classes_sha256") not in (None, job.classes_sha256):
+        found.append("the class list (classes.json) differs")
+    return found
 
 
 def _read_report(report: Path) -> list[Problem]:

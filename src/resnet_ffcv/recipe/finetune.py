@@ -47,7 +47,7 @@ class BackboneFreeze:
                 parameter.requires_grad_(not frozen)
         self.frozen = frozen
         step = "frozen: only the classifier head trains" if frozen else "unfrozen: every layer trains"
-        rank_zero_info(f"model.freeze_backbone_epochs={self.epochs}: epoch {epoch}, backbone {step}")
+        rank_zero_info(f"model.freeze_backbone_epochs={self.epochs}: epoch {epoch + 1}, backbone {step}")
 
     def drop_gradients(self) -> None:
         """While frozen: no gradient, so SGD skips the backbone (no decay, no momentum, no update)."""

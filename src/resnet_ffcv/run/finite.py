@@ -15,6 +15,8 @@ from resnet_ffcv.errors import UserError
 class TrainingDiverged(UserError):
     """The loss or the weights are NaN/Inf: a retry would diverge again, so the run fails (exit 1), one paragraph."""
 
+    exit_code = 1  # not 2 (a check before training refused): training ran, and a rerun would diverge again
+
 
 def non_finite_tensors(state: Mapping[str, object]) -> list[str]:
     """Names of the floating-point tensors in ``state`` holding a NaN or an Inf (nested dicts are walked).

@@ -152,7 +152,9 @@ def _describe(error: BaseException, limit: int = 100) -> str:
     return f"{type(error).__name__}: {text if len(text) <= limit else text[: limit - 3] + '...'}"
 
 
-def find_resume_checkpoint(directory: Path, latest_name: str = LATEST_NAME) -> tuple[Path | None, str]:
+def find_resume_checkpoint(
+    directory: Path, latest_name: str = LATEST_NAME, fresh: str = "from scratch"
+) -> tuple[Path | None, str]:
     """The file a restart should continue from, and a sentence saying which and why.
 
     ``latest_name`` first; if it is missing, unreadable or fails its checksum, the newest periodic file that
@@ -181,7 +183,7 @@ def find_resume_checkpoint(directory: Path, latest_name: str = LATEST_NAME) -> t
         p for p in directory.glob(f"*{_SUFFIX}") if p.name != latest.name and periodic_epochs(p.name) is None
     )
     if problems == [f"{latest.name} is missing"] and not others:
-        return None, f"No checkpoint in {directory}: starting from scratch"
+        return None, f"No checkpoint in {directory}: starting {fresh}"
     lines = [*problems, *(f"{p.name} is not a resume point (use --ckpt_path {p} to continue from it)" for p in others)]
     raise NoLoadableCheckpoint(
         f"The checkpoint directory {directory} holds checkpoint files, but none can be resumed from:\n  "
@@ -230,7 +232,8 @@ def finished_reason(checkpoint: dict[str, Any], trainer) -> str | None:
             continue
         state = checkpoint.get("callbacks", {}).get(callback.state_key, {})
         if state.get("stopping_reason") == EarlyStoppingReason.STOPPING_THRESHOLD.value:
-            return f"the target accuracy was reached ({callback.monitor}, after epoch {state.get('stopped_epoch')})"
+            epoch = state.get("stopped_epoch", -1) + 1  # counted from 1, as in the log and checkpoint names
+            return f"the target accuracy was reached ({callback.monitor}, after epoch {epoch})"
     return None
 
 
@@ -292,21 +295,23 @@ def configured_checkpoint_dir(trainer) -> Path | None:
     return None
 
 
-def resolve_resume_path(trainer, ckpt_path: str | None) -> str | None:
-    """An explicit ``ckpt_path`` wins; else the checkpoint dir's latest (or newest loadable periodic) file."""
+def resolve_resume_path(trainer, ckpt_path: str | None, fresh: str = "from scratch") -> str | None:
+    """An explicit ``ckpt_path`` wins; else the checkpoint dir's latest (or newest loadable periodic) file.
+
+    ``fresh`` says what a run without one starts from (``from init_weights FILE`` for a fine-tune)."""
     if ckpt_path is not None:
         rank_zero_info(f"Resuming from {ckpt_path} (--ckpt_path)")
         return ckpt_path
     callback = trainer.checkpoint_callback
     directory = configured_checkpoint_dir(trainer)
     if directory is None:
-        rank_zero_info("No checkpoint callback with a fixed dirpath: starting from scratch")
+        rank_zero_info(f"No checkpoint callback with a fixed dirpath: starting {fresh}")
         return None
     if not getattr(callback, "auto_resume", True):
-        rank_zero_info(f"auto_resume is off: starting from scratch (checkpoints go to {directory})")
+        rank_zero_info(f"auto_resume is off: starting {fresh} (checkpoints go to {directory})")
         return None
     latest_name = f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
-    path, explanation = find_resume_checkpoint(directory, latest_name)
+    path, explanation = find_resume_checkpoint(directory, latest_name, fresh)
     rank_zero_info(explanation)
     return None if path is None else str(path)
 

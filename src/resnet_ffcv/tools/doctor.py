@@ -264,7 +264,18 @@ def doctor(argv: list[str]) -> int:
     checks = run_checks(parse_config_only(fit_argv), args.ckpt_path)
     for check in checks:
         print(check.line())
+    print(tally(checks))
+    return 1 if any(not check.ok for check in checks) else 0
+
+
+def tally(checks: list[Check]) -> str:
+    """``11 passed, 1 warning`` (``; failed: NAMES``): a WARN is not counted as a plain pass."""
     failed = [check.name for check in checks if not check.ok]
-    summary = f"{len(checks) - len(failed)} of {len(checks)} checks passed"
-    print(summary + (f"; failed: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    warnings = sum(check.ok and check.warn for check in checks)
+    passed = len(checks) - len(failed) - warnings
+    parts = [f"{passed} passed"]
+    if warnings:
+        parts.append(f"{warnings} warning{'s' if warnings > 1 else ''}")
+    if failed:
+        parts.append(f"{len(failed)} failed")
+    return ", ".join(parts) + (f"; failed: {', '.join(failed)}" if failed else "")

@@ -33,7 +33,12 @@ from resnet_ffcv.tools.memory_fit import random_order_warning
 IMAGENET_TRAIN_IMAGES = 1_281_167
 # A CPU measures the step to check the config and the recipe's overheads, not GPU speed: a ResNet-50 step at
 # batch 256 takes minutes there, so the CPU measures at this batch unless --batch says otherwise.
-CPU_BATCH = 8
+CPU_BATCH = 4
+# Steps (timed + warmup) and loader batches per stage by default: a GPU needs warmup (cudnn autotune, compile) and
+# enough steps for a steady rate; a CPU step is seconds long and steady from the second one on, so the default
+# there stays near a minute for ResNet-50's three stages.
+GPU_STEPS, GPU_WARMUP, GPU_LOADER_BATCHES = 30, 10, 50
+CPU_STEPS, CPU_WARMUP, CPU_LOADER_BATCHES = 3, 1, 10
 
 
 @dataclass
@@ -64,6 +69,7 @@ class Plan:
     train_images: int
     price_per_hour: float
     scaling_efficiency: float
+    on_cpu: bool = False  # measured without a GPU: times are this CPU's, and no cost is projected from them
     disk_extra_seconds: float = 0.0  # epochs that wait on reading train.ffcv from disk (disk_speed.py)
     validation_seconds: float = 0.0  # every validation of the run (estimated: see validation_estimate)
 
@@ -72,8 +78,9 @@ class Plan:
         return sum(stage.stage_seconds for stage in self.stages) + self.disk_extra_seconds + self.validation_seconds
 
     @property
-    def total_cost(self) -> float:
-        return self.total_seconds / 3600 * self.price_per_hour
+    def total_cost(self) -> float | None:
+        """Dollars at the configured price; None from a CPU's speed (it says nothing of the GPUs' time)."""
+        return None if self.on_cpu else self.total_seconds / 3600 * self.price_per_hour
 
 
 def group_stages(max_epochs: int, train_shape: Callable[[int], tuple[int, int]]) -> list[Stage]:
@@ -118,23 +125,32 @@ def _minutes(seconds: float) -> str:
 
 def format_plan(plan: Plan, hardware: str, notes: list[str]) -> str:
     lines = [
+        *(
+            ["CPU FIGURES: no GPU here; every time below is this CPU's, not a GPU's, and no cost is projected"]
+            if plan.on_cpu
+            else []
+        ),
         f"measured on {hardware}; projected for {plan.devices} device(s), {plan.train_images:,} training images",
         f"{'epochs':>9} {'res':>4} {'batch/dev':>9} {'img/s/dev':>10} {'loader/rank':>11} {'cluster img/s':>13} "
         f"{'epoch':>10} {'stage':>10}  bound",
     ]
     for row in plan.stages:
         stage = row.stage
-        epochs = f"{stage.first_epoch}-{stage.first_epoch + stage.epochs - 1}"
+        epochs = f"{stage.first_epoch + 1}-{stage.first_epoch + stage.epochs}"  # counted from 1, as fit counts
         loader = f"{row.loader_images_per_s:.0f}" if row.loader_images_per_s is not None else "-"
         lines.append(
             f"{epochs:>9} {stage.resolution:>4} {stage.batch_size:>9} {row.step_images_per_s:>10.1f} {loader:>11} "
             f"{row.cluster_images_per_s:>13.0f} {_minutes(row.epoch_seconds):>10} {_minutes(row.stage_seconds):>10}"
             f"  {'LOADER' if row.loader_bound else 'compute'}"
         )
-    lines.append(
-        f"total: {_minutes(plan.total_seconds)} to epoch {sum(r.stage.epochs for r in plan.stages)}, "
-        f"${plan.total_cost:.2f} at ${plan.price_per_hour:.2f}/h"
-    )
+    to_epoch = f"total: {_minutes(plan.total_seconds)} to epoch {sum(r.stage.epochs for r in plan.stages)}"
+    if plan.total_cost is None:
+        lines.append(
+            f"{to_epoch} at CPU speed; no cost: run `resnet-ffcv plan` on the GPU machine for its time and cost "
+            f"(${plan.price_per_hour:.2f}/h)"
+        )
+    else:
+        lines.append(f"{to_epoch}, ${plan.total_cost:.2f} at ${plan.price_per_hour:.2f}/h")
     lines += [f"note: {note}" for note in notes]
     return "\n".join(lines)
 
@@ -216,9 +232,24 @@ def _devices(config) -> tuple[int, int]:
 def _parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """plan's own options, and the rest: the training config and overrides, as for ``fit``."""
     parser = argparse.ArgumentParser(prog="resnet-ffcv plan", add_help=False, allow_abbrev=False)
-    parser.add_argument("--steps", type=int, default=30, help="training steps measured per stage (warmup included)")
-    parser.add_argument("--warmup", type=int, default=10, help="steps not timed (cudnn autotune, compile)")
-    parser.add_argument("--loader_batches", type=int, default=50, help="loader batches timed per stage")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"training steps measured per stage, warmup included (default {GPU_STEPS} on a GPU, {CPU_STEPS} on a CPU)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help=f"steps not timed: cudnn autotune, compile (default {GPU_WARMUP} on a GPU, {CPU_WARMUP} on a CPU)",
+    )
+    parser.add_argument(
+        "--loader_batches",
+        type=int,
+        default=None,
+        help=f"loader batches timed per stage (default {GPU_LOADER_BATCHES} on a GPU, {CPU_LOADER_BATCHES} on a CPU)",
+    )
     parser.add_argument("--batch", type=int, default=None, help="measure at this per-device batch instead")
     parser.add_argument("--train_images", type=int, default=None, help="default: train.ffcv's count, else ImageNet")
     parser.add_argument("--price_per_hour", type=float, default=None, help="default: the config's cost.price_per_hour")
@@ -304,51 +335,76 @@ def _compile_notes(config, stages: list[Stage], compiles: list[float]) -> list[s
     return notes
 
 
-def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
-    own, fit_args = _parse_args(argv)
-    config = parse_config_only(fit_args)
-    devices_per_node, nodes = _devices(config)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _hardware(own: argparse.Namespace, config, device: torch.device, notes: list[str]) -> tuple[str, str]:
+    """The hardware's name and the precision measured; fills in the defaults of a CPU or a GPU and says so."""
     precision = str(config.trainer.precision)
-    notes = [f"throughput assumed to scale x{own.scaling_efficiency:g} linearly over {devices_per_node * nodes} GPUs"]
-    if device.type == "cpu":
-        hardware = f"CPU ({os.cpu_count()} cores): GPU figures need a GPU machine"
-        if precision != "32-true":
-            notes.append(f"precision {precision} measured as 32-true on the CPU")
-            precision = "32-true"
-        if config.model.compile and not own.compile_on_cpu:
-            notes.append("model.compile measured eagerly on the CPU (--compile_on_cpu to compile here)")
-    else:
-        hardware = torch.cuda.get_device_name(device)
-    if own.batch is None and device.type == "cpu":
+    on_cpu = device.type == "cpu"
+    own.steps = own.steps if own.steps is not None else CPU_STEPS if on_cpu else GPU_STEPS
+    own.warmup = own.warmup if own.warmup is not None else min(own.steps - 1, CPU_WARMUP if on_cpu else GPU_WARMUP)
+    own.loader_batches = own.loader_batches or (CPU_LOADER_BATCHES if on_cpu else GPU_LOADER_BATCHES)
+    if not on_cpu:
+        if own.batch is not None:
+            notes.append(f"measured at batch {own.batch} per device instead of each stage's batch")
+        return torch.cuda.get_device_name(device), precision
+    say(
+        "no GPU on this machine: measuring on the CPU. The figures are CPU figures, not GPU ones (run plan on the "
+        "GPU machine for those), and no cost is projected from them."
+    )
+    if precision != "32-true":
+        notes.append(f"precision {precision} measured as 32-true on the CPU")
+        precision = "32-true"
+    if config.model.compile and not own.compile_on_cpu:
+        notes.append("model.compile measured eagerly on the CPU (--compile_on_cpu to compile here)")
+    if own.batch is None:
         own.batch = CPU_BATCH
         notes.append(f"measured at batch {CPU_BATCH} per device on the CPU (--batch to change), not the stages' batch")
-    elif own.batch is not None:
+    else:
         notes.append(f"measured at batch {own.batch} per device instead of each stage's batch")
-    stages = group_stages(int(config.trainer.max_epochs), train_shape_of(config))
-    train_path = Path(config.data.data_dir) / config.data.train_file
-    train_images = _train_images(own.train_images, train_path, notes)
+    return f"CPU ({os.cpu_count()} cores): GPU figures need a GPU machine", precision
 
-    projections, compiles = [], []
+
+def _measure_stages(own, config, stages: list[Stage], device, precision: str, devices: tuple[int, int], images: int):
+    """Each stage's projection, with progress (and the time left) on stderr; and the compile seconds measured."""
+    projections, compiles, started = [], [], time.monotonic()
+    devices_per_node, nodes = devices
     for number, stage in enumerate(stages, 1):
         batch = own.batch or stage.batch_size
+        where = f"stage {number}/{len(stages)}"
         say(
-            f"stage {number}/{len(stages)} (epochs {stage.first_epoch}-{stage.first_epoch + stage.epochs - 1}, "
-            f"{stage.resolution} px): timing {own.steps} training steps at batch {batch} on {device.type} ..."
+            f"{where} (epochs {stage.first_epoch + 1}-{stage.first_epoch + stage.epochs}, {stage.resolution} px): "
+            f"timing {own.steps} training steps at batch {batch} on {device.type} ..."
         )
         step, compile_seconds = _measure_step(
             config, stage.resolution, batch, own.steps, own.warmup, device, precision, own.compile_on_cpu
         )
         if compile_seconds is not None:
             compiles.append(compile_seconds)
-            say(f"stage {number}/{len(stages)}: torch.compile of its training graph took {compile_seconds:.0f} s")
-        say(f"stage {number}/{len(stages)}: {step:.1f} images/s per device")
+            say(f"{where}: torch.compile of its training graph took {compile_seconds:.0f} s")
         loader = _measure_loader(config, stage.resolution, batch, own.loader_batches, devices_per_node)
-        if loader is not None:
-            say(f"stage {number}/{len(stages)}: loader {loader:.0f} images/s per rank")
-        projections.append(
-            project_stage(stage, step, loader, devices_per_node * nodes, train_images, own.scaling_efficiency)
+        elapsed = time.monotonic() - started
+        left = elapsed / number * (len(stages) - number)
+        say(
+            f"{where}: {step:.1f} images/s per device"
+            + (f", loader {loader:.0f} images/s per rank" if loader is not None else "")
+            + f" ({elapsed:.0f} s so far{f', about {left:.0f} s left' if left else ''})"
         )
+        projections.append(project_stage(stage, step, loader, devices_per_node * nodes, images, own.scaling_efficiency))
+    return projections, compiles
+
+
+def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
+    own, fit_args = _parse_args(argv)
+    config = parse_config_only(fit_args)
+    devices_per_node, nodes = _devices(config)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    notes = [f"throughput assumed to scale x{own.scaling_efficiency:g} linearly over {devices_per_node * nodes} GPUs"]
+    hardware, precision = _hardware(own, config, device, notes)
+    stages = group_stages(int(config.trainer.max_epochs), train_shape_of(config))
+    train_path = Path(config.data.data_dir) / config.data.train_file
+    train_images = _train_images(own.train_images, train_path, notes)
+    projections, compiles = _measure_stages(
+        own, config, stages, device, precision, (devices_per_node, nodes), train_images
+    )
     notes += _compile_notes(config, stages, compiles)
     disk_extra, disk_note = disk_speed.extra_seconds(
         train_path, [row.epoch_seconds for row in projections for _ in range(row.stage.epochs)]
@@ -367,22 +423,13 @@ def make_plan(argv: list[str]) -> tuple[Plan, list[str], str]:
         train_images,
         _price_of(config, own.price_per_hour),
         own.scaling_efficiency,
-        disk_extra,
-        validation,
+        on_cpu=device.type == "cpu",
+        disk_extra_seconds=disk_extra,
+        validation_seconds=validation,
     )
     if own.json:
-        Path(own.json).write_text(
-            json.dumps(
-                {
-                    "hardware": hardware,
-                    "notes": notes,
-                    "total_seconds": plan.total_seconds,
-                    "total_cost_usd": plan.total_cost,
-                    **asdict(plan),
-                },
-                indent=1,
-            )
-        )
+        summary = {"hardware": hardware, "notes": notes, "total_seconds": plan.total_seconds}
+        Path(own.json).write_text(json.dumps({**summary, "total_cost_usd": plan.total_cost, **asdict(plan)}, indent=1))
     return plan, notes, hardware
 
 

@@ -17,6 +17,7 @@ class RepeatedBatches:
 
     def __init__(self, batch: tuple[torch.Tensor, torch.Tensor], length: int):
         self.batch, self.length = batch, length
+        self.batch_size = int(batch[0].shape[0])  # as a loader has it (the EMA's log line reads it)
 
     def __len__(self) -> int:
         return self.length
