@@ -8,6 +8,7 @@ re-runs them for rank 1) and import this module as plain ``helpers``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -70,6 +71,20 @@ def run_cli(
         timeout=timeout,
         stdin=subprocess.DEVNULL,  # nothing may wait on a prompt
     )
+
+
+def run_ddp_probe(probe: Path, data_dir: Path, out: Path) -> list[dict]:
+    """Runs a 2-rank probe script (``probe data_dir out``), which writes ``out/rank<k>.json``; returns both records."""
+    out.mkdir()
+    result = subprocess.run(
+        [sys.executable, str(probe), str(data_dir), str(out)],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
 def load_checkpoint(path: Path | str) -> dict:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from torch.utils.data import DistributedSampler
 
 from .data_helpers import write_indexed_ffcv
+from .helpers import run_ddp_probe
 
 PROBE = Path(__file__).with_name("ddp_probe.py")
 
@@ -19,17 +16,7 @@ PROBE = Path(__file__).with_name("ddp_probe.py")
 @pytest.mark.slow
 def test_ddp_shards_orders_resolution_and_validation(tmp_path):
     data_dir = write_indexed_ffcv(tmp_path / "data", train=80, val=41)  # 41: the ranks' val shares differ
-    out = tmp_path / "out"
-    out.mkdir()
-    result = subprocess.run(
-        [sys.executable, str(PROBE), str(data_dir), str(out)],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    ranks = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    ranks = run_ddp_probe(PROBE, data_dir, tmp_path / "out")
 
     for epoch in (0, 1):
         seen = [[x for e, _, _, labels in rank["train"] if e == epoch for x in labels] for rank in ranks]

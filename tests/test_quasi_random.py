@@ -4,7 +4,6 @@ the doctor / plan warning for ``random`` over a file larger than the memory."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from resnet_ffcv.tools import memory_fit
 from resnet_ffcv.tools.doctor import check_order_fits_memory
 
 from .data_helpers import write_paged_ffcv
-from .helpers import quiet_trainer
+from .helpers import quiet_trainer, run_ddp_probe
 
 PROBE = Path(__file__).with_name("ddp_quasi_probe.py")
 BENCHMARK = Path(__file__).parents[1] / "benchmarks" / "ddp_memory_limit.py"
@@ -85,17 +84,7 @@ def test_three_ranks_drop_fewer_samples_than_ranks_never_repeat_one(page_of):
 # -- exact resume on 2 DDP ranks -----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_ddp_resume_mid_epoch_serves_exactly_the_rest_of_the_uninterrupted_order(paged_dir, page_of, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    result = subprocess.run(
-        [sys.executable, str(PROBE), str(paged_dir), str(out)],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    ranks = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    ranks = run_ddp_probe(PROBE, paged_dir, tmp_path / "out")
     for rank, record in enumerate(ranks):
         # What the real loaders served is the order module's order for this rank: epoch 0 whole, epoch 1 split
         # over the two fits, the resumed fit numbering its batches on from 3.
