@@ -1,9 +1,11 @@
 """Does ``quasi_random`` cost accuracy? The learnable shape set, the whole recipe, ``random`` vs ``quasi_random``.
 
     python benchmarks/quasi_learning_check.py [--epochs 4 --resolution 32] [--seeds 0 1 2] [--quasi-pages 10]
+                                              [--write-order shuffled|source]
 
-Writes the 10-class shape set of ``recipe_learning_check.py`` once with our writer (class-sorted like ImageNet:
-a page holds samples of one or two classes) in ``--page-mib`` pages, then trains the same recipe, epochs and
+Writes the 10-class shape set of ``recipe_learning_check.py`` once with our writer in ``--page-mib`` pages, in the
+writer's default shuffled order (each page mixes classes) or, with ``--write-order source``, class-sorted as
+ImageNet's folders are (a page holds samples of one or two classes), then trains the same recipe, epochs and
 seeds (weights and data order) in each order and prints the final validation top-1 (raw and EMA weights) per
 run and mean +- std per order. What decides whether the order costs accuracy is how many classes a batch mixes;
 the header prints it for both orders. At ImageNet's scale (4 ranks, 512 open pages of 27 samples, classes of
@@ -55,13 +57,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quasi-pages", type=int, default=10)
     parser.add_argument("--page-mib", type=int, default=2, help="FFCV page size of the written files (2, 4, 8)")
+    parser.add_argument("--write-order", choices=["shuffled", "source"], default="shuffled")
     parser.add_argument("--orders", nargs="+", choices=["random", "quasi_random"], default=["random", "quasi_random"])
     args = parser.parse_args()
     from resnet_ffcv.dataset import writer
 
     writer.PAGE_SIZE = args.page_mib << 20  # the writer's page (8 MiB for real data); read when it writes
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = write_data(Path(tmp), args.train_per_class, args.val_per_class)
+        shuffle_splits = ("train",) if args.write_order == "shuffled" else ()
+        data_dir = write_data(Path(tmp), args.train_per_class, args.val_per_class, shuffle_splits=shuffle_splits)
         pages, random_classes, quasi_classes = classes_per_batch(data_dir, args.quasi_pages, args.batch_size)
         print(f"{pages} pages; classes per batch: random {random_classes:.1f}, quasi {quasi_classes:.1f}", flush=True)
         results: dict[str, list[tuple[float, float]]] = {order: [] for order in args.orders}
@@ -80,7 +84,8 @@ def main() -> None:
                 results[order].append((rows[-1]["val/acc1"], rows[-1]["val/acc1_ema"]))
                 print(f"{order} seed {seed}: {results[order][-1]} in {time.perf_counter() - start:.0f} s", flush=True)
     print(
-        f"\ntrain.ffcv: {pages} pages of {args.page_mib} MiB; distinct classes per batch of {args.batch_size}: "
+        f"\ntrain.ffcv ({args.write_order} order): {pages} pages of {args.page_mib} MiB; "
+        f"distinct classes per batch of {args.batch_size}: "
         f"random {random_classes:.1f}, "
         f"quasi_random ({args.quasi_pages} pages open) {quasi_classes:.1f}; {args.epochs} epochs, seeds {args.seeds}\n"
     )

@@ -45,9 +45,9 @@ class EpochTable(L.Callback):
         )
 
 
-def write_data(root: Path, train_per_class: int, val_per_class: int, seed: int = 0) -> Path:
+def write_data(root: Path, train_per_class: int, val_per_class: int, seed: int = 0, **writer_args) -> Path:
     make_synthetic_imagefolder(root / "images", train_per_class, val_per_class, seed=seed)
-    write_dataset(root / "images", root / "ffcv", preset="rn18", num_workers=2)
+    write_dataset(root / "images", root / "ffcv", preset="rn18", num_workers=2, **writer_args)
     return root / "ffcv"
 
 

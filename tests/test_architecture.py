@@ -21,6 +21,7 @@ MAX_CLASS_LINES = 400
 # The package's shape (README "Where things live", ../shared/design.md): each wing or root module may import only
 # what stands in a layer below its own. A new module must be placed here.
 LAYERS = [
+    {"resnet_ffcv.ffcv_import"},  # runs on `import resnet_ffcv`, before anything imports ffcv; imports nothing of ours
     {"resnet_ffcv", "resnet_ffcv.errors", "resnet_ffcv.atomic"},
     {"resnet_ffcv.dataset"},  # the file format and writing: runs without Lightning or torch
     {"resnet_ffcv.data", "resnet_ffcv.recipe", "resnet_ffcv.run"},  # loading; the LightningModule; run safety

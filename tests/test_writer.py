@@ -21,7 +21,14 @@ from resnet_ffcv.dataset.ffcv_io import WriteAborted
 from resnet_ffcv.dataset.format import CLASSES_FILE, MANIFEST_FILE, load_classes
 from resnet_ffcv.dataset.inspect import StoredImages
 from resnet_ffcv.dataset.sources import list_imagefolder
-from resnet_ffcv.dataset.writer import PRESETS, REPORT_FILE, DatasetProblems, estimate_bytes, write_dataset
+from resnet_ffcv.dataset.writer import (
+    PRESETS,
+    REPORT_FILE,
+    DatasetProblems,
+    estimate_bytes,
+    write_dataset,
+    write_order,
+)
 
 from .helpers import REPO
 
@@ -103,17 +110,26 @@ def _colour(image: np.ndarray, side: str) -> np.ndarray:
     return region.reshape(-1, 3).mean(axis=0)
 
 
+def _train_file_order() -> list[str]:
+    """The messy train split's readable files in train.ffcv's order: the listing (class by class, names sorted)
+    in the writer's fixed shuffled order (``write_order``), the unreadable files left out."""
+    listed = sorted(A_CLASS) + sorted(B_CLASS)
+    readable = {name for name, (_, expected) in A_CLASS.items() if expected} | set(B_CLASS)
+    return [listed[i] for i in write_order(len(listed)) if listed[i] in readable]
+
+
 def test_real_world_images_become_rgb_and_broken_files_are_skipped_and_reported(messy_written, messy_folder):
     train = StoredImages(messy_written / "train.ffcv")
-    kept = sorted(name for name, (_, expected) in A_CLASS.items() if expected)
-    assert len(train) == len(kept) + len(B_CLASS)
-    assert train.labels.tolist() == [0] * len(kept) + [1] * len(B_CLASS)
-    for index, name in enumerate(kept):  # files are written in sorted order, skipped ones removed
+    order = _train_file_order()
+    assert len(train) == len(order) == len(A_CLASS) - 2 + len(B_CLASS)
+    assert train.labels.tolist() == [0 if name in A_CLASS else 1 for name in order]
+    for index, name in enumerate(order):
         image = train.image(index)
         assert image.shape == (SIZE[1], SIZE[0], 3), name
-        for side, expected in zip(("left", "right"), A_CLASS[name][1], strict=True):
-            np.testing.assert_allclose(_colour(image, side), expected, atol=12, err_msg=f"{name} {side}")
-    assert train.image(len(kept)).mean() == pytest.approx(40000 >> 8, abs=1)  # 16-bit PNG keeps its top bits
+        for side, expected in zip(("left", "right"), A_CLASS.get(name, (None, (None, None)))[1], strict=True):
+            if expected is not None:
+                np.testing.assert_allclose(_colour(image, side), expected, atol=12, err_msg=f"{name} {side}")
+    assert train.image(order.index("deep16.png")).mean() == pytest.approx(40000 >> 8, abs=1)  # keeps its top bits
 
     assert load_classes(messy_written / CLASSES_FILE) == ["a_cls", "b_cls"]
     assert StoredImages(messy_written / "val.ffcv").labels.tolist() == [0, 1]
@@ -158,7 +174,8 @@ def test_ffcv_loader_reads_a_file_with_skipped_samples(messy_written):
         labels += batch_labels.ravel().tolist()
         pixels += [image.float().mean(dim=(0, 1)).numpy() for image in images]
     assert labels == StoredImages(messy_written / "train.ffcv").labels.tolist()
-    np.testing.assert_allclose(pixels[0], (255, 0, 0), atol=12)  # cmyk.JPEG, the first kept file
+    first = _train_file_order()[0]  # png_named.JPEG, the first file in the writer's fixed order
+    np.testing.assert_allclose(pixels[0], A_CLASS[first][1][0], atol=12)
 
 
 def test_rerun_keeps_the_report_of_the_splits_it_keeps(messy_written, messy_folder, capsys):
@@ -230,6 +247,32 @@ def test_bad_arguments_are_refused_by_name(image_folder, tmp_path):
         write_dataset(image_folder, tmp_path, max_resolution=5000)
     with pytest.raises(FileNotFoundError, match="missing split folder"):
         write_dataset(image_folder, tmp_path, splits=("train", "test"))
+    with pytest.raises(ValueError, match=r"shuffle_splits=\['trian'\]: \['trian'\] not among splits"):
+        write_dataset(image_folder, tmp_path, shuffle_splits=("trian",))
+
+
+def test_train_is_written_in_a_fixed_shuffled_order_so_pages_mix_classes(image_folder, ffcv_dir, tmp_path, capsys):
+    """quasi_random reads whole pages: on a class-sorted file a page holds one or two classes (docs/data-loading.md)."""
+    from resnet_ffcv.data.quasi_random import sample_pages
+
+    _, listings = list_imagefolder(image_folder, ("train",))
+    listed = np.array([label for _, label in listings["train"].source.samples])
+    shuffled = StoredImages(ffcv_dir / "train.ffcv")  # the session's file: written with the defaults
+    assert shuffled.labels.tolist() == listed[write_order(len(listed))].tolist() != sorted(listed.tolist())
+    assert json.loads((ffcv_dir / MANIFEST_FILE).read_text())["writer"]["shuffle_splits"] == ["train"]
+
+    write_dataset(image_folder, tmp_path, splits=("train",), preset="rn18", num_workers=2, shuffle_splits=())
+    in_source_order = StoredImages(tmp_path / "train.ffcv")
+    assert in_source_order.labels.tolist() == listed.tolist() == sorted(listed.tolist())
+
+    def classes_per_page(stored: StoredImages) -> list[int]:
+        pages = sample_pages(stored.reader)
+        return [len(set(stored.labels[pages == page])) for page in np.unique(pages)]
+
+    assert max(classes_per_page(in_source_order)) < min(classes_per_page(shuffled)), "pages do not mix classes"
+    # Writing the same split the other way round is a different file: the rerun names the parameter.
+    with pytest.raises(FileExistsError, match=r"shuffle_splits: \[\] in the manifest, \['train'\] now"):
+        write_dataset(image_folder, tmp_path, splits=("train",), preset="rn18", num_workers=2)
 
 
 # -- Hugging Face --------------------------------------------------------------------------------------------
@@ -278,7 +321,8 @@ def test_huggingface_dataset_on_disk(hf_dirs, tmp_path, layout):
     )  # fmt: skip
     assert load_classes(tmp_path / CLASSES_FILE) == HF_NAMES
     train, val = StoredImages(tmp_path / "train.ffcv"), StoredImages(tmp_path / "val.ffcv")
-    assert train.labels.tolist() == [0, 1, 2, 0, 2, 0, 1, 2, 2]  # row 4 is broken
+    labels = [0, 1, 2, 0, 1, 2, 0, 1, 2, 2]  # row 4 is broken: left out of the shuffled order
+    assert train.labels.tolist() == [labels[row] for row in write_order(len(labels)) if row != 4]
     assert val.labels.tolist() == [2, 1, 0]  # the unlabeled row is left out
     for stored in (train, val):
         for index, label in enumerate(stored.labels):

@@ -132,8 +132,10 @@ def write_ffcv(
     skip_unreadable: bool,
     desc: str = "",
     page_size: int = 1 << 23,
+    order: np.ndarray | None = None,
 ) -> WriteResult:
-    """Write ``source`` (indexable; ``source.describe(i)`` names sample i) to ``path``: what was written.
+    """Write ``source`` (indexable; ``source.describe(i)`` names sample i) to ``path`` in ``order`` (the source
+    index of each written sample, as FFCV's ``shuffle_indices``; default: the source order): what was written.
 
     Raises :class:`WriteAborted` on the first unreadable sample when ``skip_unreadable`` is false, or when a
     worker dies; ``path`` is then incomplete and the caller removes it.
@@ -146,12 +148,8 @@ def write_ffcv(
     writer.num_samples = total
     writer.prepare()  # header placeholder, field descriptors, shared metadata buffer
     allocator = MemoryAllocator(str(path), writer.data_region_start, page_size)
-    work, allocations, events = mp.Queue(), mp.Queue(), mp.Queue()
-    indices = list(enumerate(range(total)))
-    for start in range(0, total, chunk_size):
-        work.put(indices[start : start + chunk_size])
-    for _ in range(num_workers):
-        work.put(None)
+    source_of = np.arange(total) if order is None else np.asarray(order)
+    work, allocations, events = _work_queue(source_of, chunk_size, num_workers), mp.Queue(), mp.Queue()
     done = mp.Value(ctypes.c_uint64, 0)
     shared = (writer.metadata_sm, writer.metadata_type, fields, allocator, done, allocations, events, source)
     processes = [mp.Process(target=_worker, args=(i, work, *shared), daemon=True) for i in range(num_workers)]
@@ -205,8 +203,19 @@ def write_ffcv(
                 process.join()
         writer.metadata_sm.close()
         writer.metadata_sm.unlink()
-    reasons = [(source.describe(index), skipped[index]) for index in sorted(skipped)]
+    reasons = [(source.describe(int(source_of[index])), skipped[index]) for index in sorted(skipped)]
     return WriteResult(total - len(skipped), reasons)
+
+
+def _work_queue(source_of: np.ndarray, chunk_size: int, num_workers: int) -> mp.Queue:
+    """(written index, source index) pairs in chunks of ``chunk_size``, then one ``None`` (stop) per worker."""
+    work = mp.Queue()
+    pairs = list(enumerate(source_of.tolist()))
+    for start in range(0, len(pairs), chunk_size):
+        work.put(pairs[start : start + chunk_size])
+    for _ in range(num_workers):
+        work.put(None)
+    return work
 
 
 def _finalize(writer, allocations: list, skipped: list[int]) -> None:

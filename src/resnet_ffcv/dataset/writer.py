@@ -55,6 +55,7 @@ REPORT_FILE = "write_report.json"
 LOCK_FILE = ".write-dataset.lock"
 PARTIAL_SUFFIX = ".partial"
 PAGE_SIZE = 1 << 23  # FFCV's default page (8 MiB); one sample must fit in a page
+WRITE_ORDER_SEED = 0  # the order of a shuffled split: fixed, so a rerun writes the same file
 # The cores this process may use (a container or taskset may allow fewer than the machine has).
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -216,6 +217,7 @@ def write_dataset(
     max_resolution: int | None = None,
     compress_probability: float | None = None,
     jpeg_quality: int | None = None,
+    shuffle_splits: tuple[str, ...] | None = None,
     num_workers: int = CORES,
     chunk_size: int = 100,
     on_unreadable: Policy = "skip",
@@ -249,6 +251,10 @@ def write_dataset(
         max_resolution: overrides the preset: longest stored side in pixels (larger images are downscaled).
         compress_probability: overrides the preset: share of images stored as JPEG under ``proportion``.
         jpeg_quality: overrides the preset: JPEG quality of the compressed images.
+        shuffle_splits: splits written in a fixed random order (seeded, the same on every rerun) instead of the
+            source's class-by-class order, so that each FFCV page mixes classes: ``data.order: quasi_random``
+            reads whole pages, and on a class-sorted file its batches would hold a few classes each
+            (docs/data-loading.md). Default: ``train`` where it is written; the other splits keep the source order.
         num_workers: writer processes (decode, resize, encode); default: all cores.
         chunk_size: images per work unit handed to a writer process.
         on_unreadable: a truncated or undecodable image: ``skip`` it (recorded in the report) or ``fail`` at
@@ -266,7 +272,7 @@ def write_dataset(
     """
     started = time.time()
     source_dir, output_dir = Path(source_dir), Path(output_dir)
-    _check_arguments(source_dir, splits, chunk_size, num_workers)
+    _check_arguments(source_dir, splits, chunk_size, num_workers, shuffle_splits)
     params = _resolve_preset(preset, write_mode, max_resolution, compress_probability, jpeg_quality)
     policies = _check_policies(
         unreadable=on_unreadable, stray_file=on_stray_file, empty_class=on_empty_class, class_mismatch=on_class_mismatch
@@ -274,7 +280,8 @@ def write_dataset(
     names = read_class_names(class_names_file) if class_names_file else None
     source, classes, listings = _list_source(source_dir, tuple(splits), source, image_column, label_column, names)
     output_dir.mkdir(parents=True, exist_ok=True)
-    job = _Job(source, source_dir, output_dir, classes, listings, params, policies)
+    shuffled = tuple(shuffle_splits) if shuffle_splits is not None else tuple(s for s in splits if s == "train")
+    job = _Job(source, source_dir, output_dir, classes, listings, params, policies, shuffled)
     report = _Report(output_dir / REPORT_FILE, policies)
     with _exclusive(output_dir):
         report.refuse_listed(listings)
@@ -311,13 +318,24 @@ def write_dataset(
     return job.outputs
 
 
-def _check_arguments(source_dir: Path, splits: tuple[str, ...], chunk_size: int, num_workers: int) -> None:
+def write_order(count: int) -> np.ndarray:
+    """The source index of each sample of a shuffled split, in file order, before any unreadable one is left out
+    (the file keeps this order less those): the same permutation on every run."""
+    return np.random.default_rng(WRITE_ORDER_SEED).permutation(count)
+
+
+def _check_arguments(
+    source_dir: Path, splits: tuple[str, ...], chunk_size: int, num_workers: int, shuffle_splits
+) -> None:
     if not source_dir.is_dir():
         raise InputNotFound(f"source_dir={source_dir}: not a directory")
     if not splits:
         raise InvalidValue("splits: expected at least one split name")
     if chunk_size < 1 or num_workers < 1:
         raise InvalidValue(f"chunk_size={chunk_size}, num_workers={num_workers}: expected positive integers")
+    unknown = [split for split in shuffle_splits or () if split not in splits]
+    if unknown:
+        raise InvalidValue(f"shuffle_splits={list(shuffle_splits)}: {unknown} not among splits={list(splits)}")
 
 
 def _list_source(source_dir: Path, splits: tuple[str, ...], source: str, image_column, label_column, names):
@@ -352,6 +370,7 @@ class _Job:
     listings: dict
     params: Preset
     policies: dict[str, Policy]
+    shuffle_splits: tuple[str, ...]
 
     @property
     def outputs(self) -> dict[str, Path]:
@@ -359,7 +378,9 @@ class _Job:
 
     @property
     def writer_params(self) -> dict:
-        return {**asdict(self.params), "page_size": PAGE_SIZE, **{f"on_{k}": v for k, v in self.policies.items()}}
+        policies = {f"on_{k}": v for k, v in self.policies.items()}
+        shuffled = [split for split in self.listings if split in self.shuffle_splits]
+        return {**asdict(self.params), "page_size": PAGE_SIZE, **policies, "shuffle_splits": shuffled}
 
     @property
     def classes_sha256(self) -> str:
@@ -418,9 +439,11 @@ class _Report:
 
 def _write_reported_split(job: _Job, split: str, report: _Report, num_workers, chunk_size, on_unreadable) -> dict:
     """Writes one split; the images it skipped, or the one that stopped it, go into the report."""
+    source = job.listings[split].source
+    order = write_order(len(source)) if split in job.shuffle_splits else None
     try:
         record, skipped = _write_split(
-            job.listings[split].source, job.outputs[split], job.params, num_workers, chunk_size, on_unreadable, split
+            source, job.outputs[split], job.params, num_workers, chunk_size, on_unreadable, split, order
         )
     except WriteAborted as error:
         report.add([Problem("unreadable", split, str(error).split(": ")[0], str(error))])
@@ -501,7 +524,7 @@ def _resolve_preset(preset, write_mode, max_resolution, compress_probability, jp
     return params
 
 
-def _write_split(source, output: Path, params: Preset, num_workers, chunk_size, on_unreadable, split):
+def _write_split(source, output: Path, params: Preset, num_workers, chunk_size, on_unreadable, split, order):
     from resnet_ffcv.dataset.ffcv_io import write_ffcv  # noqa: I001
 
     partial = output.with_name(f".{output.name}{PARTIAL_SUFFIX}")
@@ -516,6 +539,7 @@ def _write_split(source, output: Path, params: Preset, num_workers, chunk_size, 
             skip_unreadable=on_unreadable == "skip",
             desc=split,
             page_size=PAGE_SIZE,
+            order=order,
         )
         if result.written == 0:
             raise RuntimeError(f"{split}: every image was unreadable; nothing written")
