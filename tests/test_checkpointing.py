@@ -90,8 +90,9 @@ def test_checkpoint_directory_survives_crashes_and_resumes(tmp_path, ffcv_dir):
 
     # C (in-process: the check runs before the Trainer, no need for another CLI process): a checkpoint from
     # another architecture stops with a clear error.
-    with pytest.raises(IncompatibleCheckpointError, match="model.arch='resnet18' in the checkpoint, 'resnet34'"):
+    arch = "squeezenet1_1"  # tests/spot_config.yaml's
+    with pytest.raises(IncompatibleCheckpointError, match=f"model.arch='{arch}' in the checkpoint, 'resnet34'"):
         check_compatible(checkpoints / "checkpoint_latest.ckpt", ImageClassifier(arch="resnet34", num_classes=10))
     with pytest.raises(IncompatibleCheckpointError, match="model.num_classes=10 in the checkpoint, 5 in this"):
-        check_compatible(checkpoints / "checkpoint_latest.ckpt", ImageClassifier(arch="resnet18", num_classes=5))
-    check_compatible(checkpoints / "checkpoint_latest.ckpt", ImageClassifier(arch="resnet18", num_classes=10))
+        check_compatible(checkpoints / "checkpoint_latest.ckpt", ImageClassifier(arch=arch, num_classes=5))
+    check_compatible(checkpoints / "checkpoint_latest.ckpt", ImageClassifier(arch=arch, num_classes=10))
