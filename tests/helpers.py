@@ -42,14 +42,25 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "resnet_ffcv.cli", *args]
 
 
+# The CLI processes of the tests run FFCV's pipelines interpreted (numba's NUMBA_DISABLE_JIT): the same pipeline
+# code and the same files, without the ~4 s of LLVM compile per process that the checkpoint, spot, resume,
+# watchdog and message tests would pay a hundred times over; what they assert does not depend on it. The tests
+# of the user's data path pass ``env=COMPILED`` and run it compiled, as a user does (the end-to-end fit, resume
+# and validate, the README's FFCV stack, predict and evaluate), as does every in-process test, the DDP probes
+# and the benchmarks.
+INTERPRETED = {"NUMBA_DISABLE_JIT": "1"}
+COMPILED = {"NUMBA_DISABLE_JIT": "0"}
+
+
 def cli_env(env: dict | None = None, unset: tuple[str, ...] = ()) -> dict[str, str]:
-    """This process's environment plus ``env``, less ``unset``; unbuffered so output arrives as it is printed.
+    """This process's environment plus ``env``, less ``unset``; unbuffered so output arrives as it is printed;
+    FFCV's pipelines interpreted unless ``env`` holds ``COMPILED``.
 
     The checkout is on ``PYTHONPATH`` (read only): configs name test classes as ``tests.spot_support.SlowSteps``,
     and the subprocess runs in a temporary directory, not in the checkout.
     """
     python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path, **(env or {})}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path, **INTERPRETED, **(env or {})}
     for name in unset:
         full_env.pop(name, None)
     return full_env

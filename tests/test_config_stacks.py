@@ -26,7 +26,7 @@ from resnet_ffcv.lightning_cli import LoggedSaveConfig, ResNetCLI, parse_config_
 from resnet_ffcv.recipe.module import ImageClassifier
 from resnet_ffcv.tools.doctor import doctor
 
-from .helpers import CONFIGS, run_cli
+from .helpers import COMPILED, CONFIGS, run_cli
 
 P4D, RN50_BASE = CONFIGS / "p4d_78pct.yaml", CONFIGS / "ffcv" / "rn50_base.yaml"
 
@@ -177,6 +177,7 @@ def test_ffcv_rn50_16_epochs_runs_two_epochs_through_the_cli(ffcv_dir, tmp_path)
         f"--run_dir={tmp_path}",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",  # the stack's W&B logger, offline (conftest)
         cwd=tmp_path,
+        env=COMPILED,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr

@@ -14,7 +14,7 @@ from resnet_ffcv.cli import main
 from resnet_ffcv.dataset.format import CLASSES_FILE, load_classes
 from resnet_ffcv.dataset.writer import write_order
 
-from .helpers import CONFIGS, run_cli
+from .helpers import COMPILED, CONFIGS, run_cli
 from .wandb_log import logged_keys
 
 DEMO = str(CONFIGS / "demo_cpu.yaml")
@@ -104,7 +104,11 @@ def test_fit_restart_and_validate_through_the_cli(ffcv_dir, tmp_path):
         *TINY,
         *steps,
     ]
-    no_credentials = {"env": {"HOME": str(tmp_path)}, "unset": ("WANDB_MODE", "WANDB_API_KEY"), "cwd": tmp_path}
+    no_credentials = {
+        "env": {"HOME": str(tmp_path), **COMPILED},
+        "unset": ("WANDB_MODE", "WANDB_API_KEY"),
+        "cwd": tmp_path,
+    }
     first = run_cli(*fit, **no_credentials)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "logging offline" in first.stderr and "wandb sync" in first.stderr
@@ -124,8 +128,9 @@ def test_fit_restart_and_validate_through_the_cli(ffcv_dir, tmp_path):
     assert len({path.name.rsplit("-", 1)[-1] for path in runs}) == 1, "the restart continues the same W&B run"
 
     validate = run_cli(
-        "validate", "--config", DEMO, f"--data.data_dir={ffcv_dir}", f"--ckpt_path={checkpoint}", *TINY, cwd=tmp_path
-    )
+        "validate", "--config", DEMO, f"--data.data_dir={ffcv_dir}", f"--ckpt_path={checkpoint}", *TINY,
+        cwd=tmp_path, env=COMPILED,
+    )  # fmt: skip
     assert validate.returncode == 0, validate.stderr[-3000:]
     assert "val/acc1" in validate.stdout and "val/acc1_ema" in validate.stdout
     # fit's callbacks (their states are in the checkpoint) are not built by validate: no warning about each.

@@ -11,7 +11,7 @@ import torch
 from resnet_ffcv.errors import InputNotFound, InvalidValue, UserError
 from resnet_ffcv.tools.evaluate import evaluate, join_list_options
 
-from .helpers import run_cli, trained_checkpoint
+from .helpers import COMPILED, run_cli, trained_checkpoint
 
 ROW = re.compile(r"^\s*(\d+)\s+([\d.]+)\s+(yes|no)((?:\s+[\d.]+)+)")
 
@@ -37,6 +37,7 @@ def test_evaluate_prints_one_table_of_raw_and_ema_per_protocol(tmp_path, ffcv_di
         "16",
         "--num_workers",
         "1",
+        env=COMPILED,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from .helpers import CONFIGS, REPO, free_port
+from .helpers import CONFIGS, cli_env, free_port
 
 
 @pytest.mark.slow
@@ -54,7 +53,7 @@ def test_two_nodes_by_torchrun_train_to_the_same_weights(ffcv_dir, tmp_path):
             subprocess.Popen(
                 [*torchrun, *fit],
                 cwd=tmp_path,
-                env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+                env=cli_env(),  # the checkout on PYTHONPATH, FFCV's pipelines interpreted (helpers.py)
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,

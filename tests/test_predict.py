@@ -19,7 +19,7 @@ from resnet_ffcv.data.image_files import ImageFiles, collate_channels_last
 from resnet_ffcv.dataset.format import CLASSES_FILE, load_classes
 from resnet_ffcv.recipe.module import ImageClassifier
 
-from .helpers import CONFIGS, quiet_trainer, run_cli, trained_checkpoint
+from .helpers import COMPILED, CONFIGS, quiet_trainer, run_cli, trained_checkpoint
 
 PREDICT = ["--config", str(CONFIGS / "demo_cpu.yaml"), "--config", str(CONFIGS / "predict.yaml")]
 RESOLUTION = 32
@@ -68,7 +68,7 @@ def test_predict_folder_and_ffcv_through_the_cli(checkpoint, images, ffcv_dir, t
     classes = load_classes(ffcv_dir / CLASSES_FILE)
     common = [*PREDICT, f"--data.data_dir={ffcv_dir}", f"--ckpt_path={checkpoint}", *SMALL]
 
-    folder = run_cli("predict", *common, f"--data.predict_path={images}", cwd=tmp_path)
+    folder = run_cli("predict", *common, f"--data.predict_path={images}", cwd=tmp_path, env=COMPILED)
     assert folder.returncode == 0, folder.stderr[-3000:]
     # The checkpoint is in no run's checkpoints/ folder: the working directory, not the demo config's run_dir.
     predictions = tmp_path / "predictions"
@@ -91,6 +91,7 @@ def test_predict_folder_and_ffcv_through_the_cli(checkpoint, images, ffcv_dir, t
         f"--data.predict_path={ffcv_dir / 'val.ffcv'}",
         "--trainer.callbacks.init_args.output=from_ffcv.csv",
         cwd=tmp_path,
+        env=COMPILED,
     )
     assert ffcv.returncode == 0, ffcv.stderr[-3000:]
     from_ffcv = read_csv(tmp_path / "from_ffcv.csv")

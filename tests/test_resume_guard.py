@@ -93,9 +93,9 @@ def test_finished_rerun_does_nothing_and_other_settings_are_listed(tmp_path, ffc
     assert set((tmp_path / "logs").glob("wandb/offline-run-*")) == wandb_runs  # no new W&B run
 
     # The README's "train longer with another LR" over an existing directory: refused, differences listed.
-    changed = fit(config, "--model.lr", "0.6", "--trainer.max_epochs", "3")
+    changed = fit(config, "--model.lr", "0.1", "--trainer.max_epochs", "3")
     assert changed.process.returncode == 2, changed.output
-    assert "model.lr: 0.05 in the checkpoint, 0.6 in this config" in changed.output
+    assert "model.lr: 0.05 in the checkpoint, 0.1 in this config" in changed.output
     assert "--resume_with config" in changed.output
     assert snapshot(checkpoints) == before
 
@@ -104,10 +104,10 @@ def test_finished_rerun_does_nothing_and_other_settings_are_listed(tmp_path, ffc
     assert longer.process.returncode == 0, longer.output
     assert load(checkpoints / "checkpoint_latest.ckpt")["global_step"] == 2 * STEPS
 
-    told = fit(config, "--model.lr", "0.6", "--trainer.max_epochs", "3", "--resume_with", "config")
+    told = fit(config, "--model.lr", "0.1", "--trainer.max_epochs", "3", "--resume_with", "config")
     assert told.process.returncode == 0, told.output
     final = load(checkpoints / "checkpoint_latest.ckpt")
-    assert final["global_step"] == 3 * STEPS and final["hyper_parameters"]["lr"] == 0.6
+    assert final["global_step"] == 3 * STEPS and final["hyper_parameters"]["lr"] == 0.1
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ from resnet_ffcv.lightning_cli import parse_config_only
 from resnet_ffcv.run.stop_signals import STALLED_EXIT_CODE
 from resnet_ffcv.run.storage import MARKER_SUFFIX, RemoteCheckpointDir
 
-from .helpers import REPO, free_port, run_cli
+from .helpers import INTERPRETED, REPO, free_port, run_cli
 from .spot_support import write_config
 from .test_local_nvme import loop_drives  # noqa: F401 - the fixture
 from .test_object_store import BUCKET, STEPS_PER_EPOCH, s3_env  # noqa: F401 - s3_env: the fixture
@@ -120,6 +120,7 @@ def _run_task(path: Path, env: dict) -> subprocess.Popen:
         "PYTHON": sys.executable,
         "PYTHONUNBUFFERED": "1",
         "INSTANCE_STORE_DEVICES": "none",  # never this machine's own instance store, if it has one
+        **INTERPRETED,  # FFCV's pipelines without the JIT compile (helpers.py)
         **env,
     }
     return subprocess.Popen(
