@@ -280,7 +280,7 @@ def write_dataset(
     names = read_class_names(class_names_file) if class_names_file else None
     source, classes, listings = _list_source(source_dir, tuple(splits), source, image_column, label_column, names)
     output_dir.mkdir(parents=True, exist_ok=True)
-    shuffled = tuple(shuffle_splits) if shuffle_splits is not None else tuple(s for s in splits if s == "train")
+    shuffled = tuple(split for split in splits if split in (("train",) if shuffle_splits is None else shuffle_splits))
     job = _Job(source, source_dir, output_dir, classes, listings, params, policies, shuffled)
     report = _Report(output_dir / REPORT_FILE, policies)
     with _exclusive(output_dir):
@@ -325,7 +325,7 @@ def write_order(count: int) -> np.ndarray:
 
 
 def _check_arguments(
-    source_dir: Path, splits: tuple[str, ...], chunk_size: int, num_workers: int, shuffle_splits
+    source_dir: Path, splits: tuple[str, ...], chunk_size: int, num_workers: int, shuffle_splits: tuple[str, ...] | None
 ) -> None:
     if not source_dir.is_dir():
         raise InputNotFound(f"source_dir={source_dir}: not a directory")
@@ -370,7 +370,7 @@ class _Job:
     listings: dict
     params: Preset
     policies: dict[str, Policy]
-    shuffle_splits: tuple[str, ...]
+    shuffle_splits: tuple[str, ...]  # resolved: those of ``listings`` written shuffled, in their order
 
     @property
     def outputs(self) -> dict[str, Path]:
@@ -379,8 +379,7 @@ class _Job:
     @property
     def writer_params(self) -> dict:
         policies = {f"on_{k}": v for k, v in self.policies.items()}
-        shuffled = [split for split in self.listings if split in self.shuffle_splits]
-        return {**asdict(self.params), "page_size": PAGE_SIZE, **policies, "shuffle_splits": shuffled}
+        return {**asdict(self.params), "page_size": PAGE_SIZE, **policies, "shuffle_splits": list(self.shuffle_splits)}
 
     @property
     def classes_sha256(self) -> str:
