@@ -126,8 +126,8 @@ def test_real_world_images_become_rgb_and_broken_files_are_skipped_and_reported(
     for index, name in enumerate(order):
         image = train.image(index)
         assert image.shape == (SIZE[1], SIZE[0], 3), name
-        for side, expected in zip(("left", "right"), A_CLASS.get(name, (None, (None, None)))[1], strict=True):
-            if expected is not None:
+        if name in A_CLASS:  # class b's colours are not the point: its 16-bit PNG is checked below
+            for side, expected in zip(("left", "right"), A_CLASS[name][1], strict=True):
                 np.testing.assert_allclose(_colour(image, side), expected, atol=12, err_msg=f"{name} {side}")
     assert train.image(order.index("deep16.png")).mean() == pytest.approx(40000 >> 8, abs=1)  # keeps its top bits
 
