@@ -273,6 +273,12 @@ def test_train_is_written_in_a_fixed_shuffled_order_so_pages_mix_classes(image_f
     # Writing the same split the other way round is a different file: the rerun names the parameter.
     with pytest.raises(FileExistsError, match=r"shuffle_splits: \[\] in the manifest, \['train'\] now"):
         write_dataset(image_folder, tmp_path, splits=("train",), preset="rn18", num_workers=2)
+    # A file written before shuffle_splits existed (its manifest lacks the key) is named the same way.
+    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    del manifest["writer"]["shuffle_splits"]
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(FileExistsError, match=r"shuffle_splits: \(not recorded\) in the manifest, \['train'\] now"):
+        write_dataset(image_folder, tmp_path, splits=("train",), preset="rn18", num_workers=2)
 
 
 # -- Hugging Face --------------------------------------------------------------------------------------------

@@ -480,10 +480,11 @@ def _complete_splits(job: _Job, overwrite: bool) -> dict:
 def _differences(manifest: dict, job: _Job) -> list[str]:
     """``max_resolution: 500 in the manifest, 400 now`` for each writer parameter; the source and the classes."""
     recorded, now = manifest.get("writer", {}), job.writer_params
+    newer = [key for key in now if recorded and key not in recorded]  # parameters added since it was written
     found = [
-        f"{key}: {recorded[key]} in the manifest, {now.get(key)} now"
-        for key in recorded
-        if recorded[key] != now.get(key)
+        f"{key}: {recorded.get(key, '(not recorded)')} in the manifest, {now.get(key)} now"
+        for key in [*recorded, *newer]
+        if recorded.get(key) != now.get(key)
     ]
     source = manifest.get("source", {}).get("path")
     if source is not None and source != str(job.source_dir.resolve()):
