@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from .helpers import REPO
+from .helpers import INTERPRETED, REPO
 
 BENCHMARKS = REPO / "benchmarks"
 
@@ -85,7 +85,9 @@ def test_gpu_check_rehearsal_runs_every_step_and_writes_what_the_device_brings_b
     command = ["bash", str(BENCHMARKS / "gpu_check.sh"), "--rehearse", "--budget-s", "1200", "--workdir", str(work)]
     result = subprocess.run(
         [*command, str(out)],
-        env={**os.environ, "PYTHON": sys.executable, "FIT_ARGS": "--arch resnet18"},
+        # FFCV's pipelines interpreted, as in the lifecycle tests (helpers.py): what the rehearsal proves is the
+        # steps, arguments, files and parsing; the device run compiles them.
+        env={**os.environ, **INTERPRETED, "PYTHON": sys.executable, "FIT_ARGS": "--arch resnet18"},
         capture_output=True,
         text=True,
         timeout=1300,
