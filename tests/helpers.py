@@ -43,11 +43,11 @@ def cli_command(*args: str) -> list[str]:
 
 
 # The CLI processes of the tests run FFCV's pipelines interpreted (numba's NUMBA_DISABLE_JIT): the same pipeline
-# code and the same files, without the ~4 s of LLVM compile per process that the checkpoint, spot, resume,
-# watchdog and message tests would pay a hundred times over; what they assert does not depend on it. The tests
-# of the user's data path pass ``env=COMPILED`` and run it compiled, as a user does (the end-to-end fit, resume
-# and validate, the README's FFCV stack, predict and evaluate), as do every in-process test, the DDP probes and
-# the benchmark tests (all but the GPU-check rehearsal, which checks steps and parsing: test_benchmarks.py).
+# code and the same files, without the ~4 s of LLVM compile that each of the many processes of the checkpoint,
+# spot, resume, watchdog and message tests would pay; what they assert does not depend on it. The tests of the
+# user's data path pass ``env=COMPILED`` and run it compiled, as a user does (the end-to-end fit, resume and
+# validate, the README's FFCV stack, predict and evaluate), as do every in-process test, the DDP probes and the
+# benchmark tests (all but the GPU-check rehearsal, which checks steps and parsing: test_benchmarks.py).
 INTERPRETED = {"NUMBA_DISABLE_JIT": "1"}
 COMPILED = {"NUMBA_DISABLE_JIT": "0"}
 
